@@ -15,7 +15,6 @@ import concurrent.futures
 import errno
 import hashlib
 import os
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -336,16 +335,18 @@ class StudyExporter:
             raise ExportError(f"instance {instance_id}: downloaded MD5 {actual} differs from Orthanc's {expected_md5}")
         return _Download(data, expected_md5 or actual)
 
-    def _open_stream(self, instance_id: str) -> tuple[str, int, Iterator[bytes], Any]:
-        info = self.client.instance_attachment_info(instance_id)
-        response = self.client.open_instance_file(instance_id)
-        return (info.get("UncompressedMD5") or "", int(info.get("UncompressedSize", -1)),
-                response.iter_content(chunk_size=1024 * 1024), response)
+    def _open_stream(self, item: dict[str, Any]) -> tuple[str, int, Iterator[bytes], Any]:
+        info = self.client.instance_attachment_info(item["ID"])
+        response = self.client.open_instance_file(item["ID"])
+        size = int(info.get("UncompressedSize", item["FileSize"]))
+        return info.get("UncompressedMD5") or "", size, response.iter_content(chunk_size=1024 * 1024), response
 
     def _fetch_in_order(self, instances: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
-        """Yield (instance, download) in the given order, prefetching in parallel within the byte budget."""
+        """Yield (instance, download) in the given order, prefetching in parallel within the byte budget.
+
+        Only the calling (writer) thread touches in_flight and pending, so they need no lock.
+        """
         stream_threshold = self.buffer_bytes // 2
-        budget = threading.Semaphore(1)  # guards in_flight
         in_flight = 0
         pending: dict[int, concurrent.futures.Future] = {}
         next_to_submit = 0
@@ -353,30 +354,26 @@ class StudyExporter:
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.connections) as pool:
             try:
                 for index, item in enumerate(instances):
-                    # Submit ahead while the buffer has room; big instances are never prefetched.
+                    next_to_submit = max(next_to_submit, index)
                     while next_to_submit < len(instances) and len(pending) < self.connections * 2:
-                        candidate = instances[next_to_submit]
-                        size = int(candidate["FileSize"])
+                        size = int(instances[next_to_submit]["FileSize"])
                         if size > stream_threshold:
+                            # A big instance is streamed by the writer when its turn comes; prefetch stops there.
                             if next_to_submit == index:
                                 next_to_submit += 1
                             break
-                        with budget:
-                            if in_flight and in_flight + size > self.buffer_bytes:
-                                break
-                            in_flight += size
-                        pending[next_to_submit] = pool.submit(self._download, candidate["ID"])
+                        if in_flight and in_flight + size > self.buffer_bytes:
+                            break
+                        in_flight += size
+                        pending[next_to_submit] = pool.submit(self._download, instances[next_to_submit]["ID"])
                         next_to_submit += 1
 
                     if index in pending:
                         download = pending.pop(index).result()
-                        with budget:
-                            in_flight -= int(item["FileSize"])
+                        in_flight -= int(item["FileSize"])
                         yield item, download
                     else:
-                        if next_to_submit <= index:
-                            next_to_submit = index + 1
-                        yield item, self._open_stream(item["ID"])
+                        yield item, self._open_stream(item)
             finally:
                 for future in pending.values():
                     future.cancel()
