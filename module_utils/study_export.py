@@ -319,9 +319,18 @@ class StudyExporter:
 
     # -- downloads ------------------------------------------------------------------------------
 
+    def _stored_md5(self, instance_id: str, info: dict[str, Any]) -> str:
+        md5 = info.get("UncompressedMD5") or ""
+        if not md5:
+            raise ExportError(
+                f"Orthanc stores no MD5 for instance {instance_id}, so the copy cannot be checked against it: "
+                "set StoreMD5 to true in Orthanc's configuration (the default) and store the study again"
+            )
+        return md5
+
     def _download(self, instance_id: str) -> _Download:
         info = self.client.instance_attachment_info(instance_id)
-        expected_md5 = info.get("UncompressedMD5")
+        expected_md5 = self._stored_md5(instance_id, info)
         expected_size = int(info.get("UncompressedSize", -1))
         response = self.client.open_instance_file(instance_id)
         try:
@@ -331,15 +340,15 @@ class StudyExporter:
         if len(data) != expected_size:
             raise ExportError(f"instance {instance_id}: received {len(data)} bytes, Orthanc stores {expected_size}")
         actual = hashlib.md5(data).hexdigest()
-        if expected_md5 and actual != expected_md5:
+        if actual != expected_md5:
             raise ExportError(f"instance {instance_id}: downloaded MD5 {actual} differs from Orthanc's {expected_md5}")
-        return _Download(data, expected_md5 or actual)
+        return _Download(data, expected_md5)
 
     def _open_stream(self, item: dict[str, Any]) -> tuple[str, int, Iterator[bytes], Any]:
         info = self.client.instance_attachment_info(item["ID"])
         response = self.client.open_instance_file(item["ID"])
         size = int(info.get("UncompressedSize", item["FileSize"]))
-        return info.get("UncompressedMD5") or "", size, response.iter_content(chunk_size=1024 * 1024), response
+        return self._stored_md5(item["ID"], info), size, response.iter_content(chunk_size=1024 * 1024), response
 
     def _fetch_in_order(self, instances: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
         """Yield (instance, download) in the given order, prefetching in parallel within the byte budget.
