@@ -346,9 +346,10 @@ class StudyExporter:
 
     def _open_stream(self, item: dict[str, Any]) -> tuple[str, int, Iterator[bytes], Any]:
         info = self.client.instance_attachment_info(item["ID"])
-        response = self.client.open_instance_file(item["ID"])
+        md5 = self._stored_md5(item["ID"], info)
         size = int(info.get("UncompressedSize", item["FileSize"]))
-        return self._stored_md5(item["ID"], info), size, response.iter_content(chunk_size=1024 * 1024), response
+        response = self.client.open_instance_file(item["ID"])
+        return md5, size, response.iter_content(chunk_size=1024 * 1024), response
 
     def _fetch_in_order(self, instances: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
         """Yield (instance, download) in the given order, prefetching in parallel within the byte budget.
