@@ -62,6 +62,7 @@ class Policy:
 
     def __init__(self, params: dict[str, Any], today: datetime.date | None = None):
         today = today or datetime.datetime.now(datetime.timezone.utc).date()
+        self.today = today
         self.age_basis = params.get("age_basis") or "study_date"
         older_than_days = params.get("older_than_days")
         before_date = params.get("before_date")
@@ -147,8 +148,9 @@ def candidates_by_study_date(client: OrthancClient, policy: Policy) -> Iterator[
         dated = []
         for study in studies:
             study_date = parse_dicom_date((study.get("MainDicomTags") or {}).get("StudyDate"))
-            # Orthanc's range match is textual; only a real date before the cutoff counts.
-            if study_date is not None and study_date < policy.cutoff:
+            # Orthanc's range match is textual, so only a real date before the cutoff counts. A date after
+            # today is a wrong value, not an old study, even when before_date lies in the future.
+            if study_date is not None and study_date < policy.cutoff and study_date <= policy.today:
                 dated.append((study_date, study.get("ID", ""), study))
         dated.sort(key=lambda item: (item[0], item[1]))
         for _, _, study in dated:
