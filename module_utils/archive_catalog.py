@@ -22,9 +22,19 @@ import datetime
 import os
 from typing import Any, Iterable
 
+import contextlib
 import sqlite3
 
+try:
+    import psycopg
+except ImportError:  # reported by PostgresCatalog when the PostgreSQL backend is chosen
+    psycopg = None
+
 SCHEMA_VERSION = 1
+
+# Statements that bring a catalog from version N - 1 to version N, keyed by N. migrate() applies
+# every step above the stored version, in order, in the same transaction as the version update.
+MIGRATIONS: dict[int, list[str]] = {}
 
 COPY_STATES = ("writing", "written", "verified", "failed")
 
@@ -220,7 +230,11 @@ class Catalog:
                     f"catalog schema version {found} is newer than this project's {SCHEMA_VERSION}: "
                     "upgrade the project on this host before using this catalog"
                 )
-            # Future migrations go here, one block per version step.
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS.get(version, []):
+                    self._execute(statement)
+            if found < SCHEMA_VERSION:
+                self._execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     # -- copies ---------------------------------------------------------------------------------
 
@@ -387,20 +401,17 @@ class Catalog:
     def upsert_volume(self, serial: str, kind: str, name: str | None = None, barcode: str | None = None,
                       capacity_bytes: int | None = None, available_bytes: int | None = None) -> None:
         now = utc_now()
+        # One statement, so two runs that see a new volume at the same moment cannot both insert it.
         with self._transaction():
-            if self._rows("SELECT serial FROM volumes WHERE serial = ?", (serial,)):
-                self._execute(
-                    "UPDATE volumes SET kind = ?, name = COALESCE(?, name), barcode = COALESCE(?, barcode), "
-                    "capacity_bytes = COALESCE(?, capacity_bytes), available_bytes = COALESCE(?, available_bytes), "
-                    "updated_at = ? WHERE serial = ?",
-                    (kind, name, barcode, capacity_bytes, available_bytes, now, serial),
-                )
-            else:
-                self._execute(
-                    "INSERT INTO volumes (serial, name, barcode, kind, capacity_bytes, available_bytes, first_seen_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (serial, name, barcode, kind, capacity_bytes, available_bytes, now, now),
-                )
+            self._execute(
+                "INSERT INTO volumes (serial, name, barcode, kind, capacity_bytes, available_bytes, first_seen_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET kind = excluded.kind, "
+                "name = COALESCE(excluded.name, volumes.name), barcode = COALESCE(excluded.barcode, volumes.barcode), "
+                "capacity_bytes = COALESCE(excluded.capacity_bytes, volumes.capacity_bytes), "
+                "available_bytes = COALESCE(excluded.available_bytes, volumes.available_bytes), "
+                "updated_at = excluded.updated_at",
+                (serial, name, barcode, kind, capacity_bytes, available_bytes, now, now),
+            )
 
     def volumes(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM volumes ORDER BY serial")
@@ -440,10 +451,8 @@ class PostgresCatalog(Catalog):
 
     def __init__(self, dsn: str, connect_timeout: int = 15):
         super().__init__()
-        try:
-            import psycopg
-        except ImportError:
-            raise CatalogError("the PostgreSQL catalog needs the Python package 'psycopg' on the tape host") from None
+        if psycopg is None:
+            raise CatalogError("the PostgreSQL catalog needs the Python package 'psycopg' on the tape host")
         try:
             # Autocommit outside explicit transaction blocks, so each block is one real transaction.
             self.conn = psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=True)
@@ -452,8 +461,29 @@ class PostgresCatalog(Catalog):
             raise CatalogError(f"cannot connect to the PostgreSQL catalog: {str(exc).strip()}") from None
         self.migrate()
 
+    @contextlib.contextmanager
     def _transaction(self) -> Any:
-        return self.conn.transaction()
+        # Errors raised at COMMIT (and by executemany) surface here, not in _execute.
+        try:
+            with self.conn.transaction():
+                yield
+        except psycopg.Error as exc:
+            raise self._catalog_error(exc) from None
+
+    def _execute(self, statement: str, params: Iterable[Any] = ()) -> Any:
+        try:
+            return super()._execute(statement, params)
+        except psycopg.Error as exc:
+            raise self._catalog_error(exc) from None
+
+    @staticmethod
+    def _catalog_error(exc: Exception) -> CatalogError:
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            # Two tape hosts (or two runs) recorded the same row at the same moment; the first one won.
+            detail = exc.diag.message_detail or ""
+            return CatalogError(f"another run recorded the same catalog row first ({detail.strip()}): "
+                                "nothing of this change was kept; run again to see the recorded state")
+        return CatalogError(f"PostgreSQL catalog error: {str(exc).strip()}")
 
     def _lock_schema(self) -> None:
         # Held until the migration's transaction ends, so two tape hosts never run the DDL together.
