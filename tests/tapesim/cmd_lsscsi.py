@@ -58,7 +58,8 @@ def main(argv: list[str]) -> int:
         if generic:
             line += f"  {device['sg']:<9}"
         if scsi_id:
-            # lsscsi takes this column from /dev/disk/by-id, which udev fills only for disks.
+            # NOTE: lsscsi takes this column from /dev/disk/by-id, which udev fills only for disks;
+            # its position after the sg column is not checked against a real tape library.
             line += f"  {'-':<9}"
         sys.stdout.write(line + "\n")
     return 0

@@ -200,7 +200,8 @@ def run_format(state: Path, device: str, serial: str | None, name: str | None,
     info("11278I", "Writing index to partition b.")
     info("11278I", "Writing index to partition a.")
 
-    # Without -s, the volume serial is taken from the first six characters of the barcode.
+    # NOTE: without -s the serial is the first six characters of the barcode; real mkltfs reads the
+    # barcode from cartridge memory, and this simulator does not check how it shortens it.
     volume = vol.format_volume(state, cartridge, serial or cartridge["barcode"][:6], name)
     info("15013I", f"Volume UUID is: {volume['uuid']}.")
     sys.stderr.write("\n")
