@@ -121,7 +121,13 @@ class ContainerWriter:
         info.mode = 0o600
         info.mtime = int(mtime)
         reader = _MemberReader(chunks)
-        self._tar.addfile(info, reader)  # type: ignore[arg-type]
+        try:
+            self._tar.addfile(info, reader)  # type: ignore[arg-type]
+        except OSError as exc:
+            # tarfile raises a bare OSError, without errno, when the source ends early; disk errors carry one.
+            if exc.errno is None and reader.size < size:
+                raise ContainerError(f"member {name}: expected {size} bytes, received {reader.size}") from None
+            raise
         if reader.size != size:
             raise ContainerError(f"member {name}: expected {size} bytes, received {reader.size}")
         # A source that yields more than announced is truncated by tarfile; detect it.
