@@ -44,10 +44,10 @@ def client_for(handle: Any, **kwargs: Any) -> OrthancClient:
 
 def put_study(handle: Any, shape: str = "tiny", *, study_date: str | None = "20100101", seed: int = 1,
               n_instances: int = 1, patient: Patient | None = None, overrides: dict[str, Any] | None = None,
-              rows: int | None = None, columns: int | None = None) -> str:
+              rows: int | None = None, columns: int | None = None, n_series: int | None = None) -> str:
     """Upload one generated study and return its Orthanc study ID."""
     study = generate_study(shape, n_instances=n_instances, study_date=study_date, seed=seed, patient=patient,
-                           overrides=overrides, rows=rows, columns=columns)
+                           overrides=overrides, rows=rows, columns=columns, n_series=n_series)
     with demo_data.Uploader(handle.url, auth=handle.auth, threads=2) as uploader:
         results = demo_data.upload_study(uploader, study)
     study_ids = {result.study_id for result in results}
