@@ -41,10 +41,14 @@ class PostgresCluster:
 
     netns names a network namespace to start the server in; host must then be an address of that
     namespace, and port is required because a free port cannot be probed from outside it.
+    client_networks lists further CIDR networks allowed to log in with the password; initdb
+    allows only 127.0.0.1 and ::1.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, netns: str | None = None,
+                 client_networks: tuple[str, ...] = ()):
         self.host = host
+        self.client_networks = client_networks
         self.netns = netns
         self.port = port if port is not None else free_port(host)
         self.password = secrets.token_urlsafe(18)
@@ -79,6 +83,9 @@ class PostgresCluster:
             "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-instructions",
         ), "initdb")
         password_file.unlink()
+        with open(self.data_dir / "pg_hba.conf", "a", encoding="ascii") as hba:
+            for network in self.client_networks:
+                hba.write(f"host all all {network} scram-sha-256\n")
 
         options = f"-c listen_addresses={self.host} -p {self.port} -c unix_socket_directories={self.directory} " \
                   "-c fsync=off -c full_page_writes=off -c max_connections=200"
