@@ -218,16 +218,20 @@ def restore_all(module, client, catalog, chosen, mounted, result):
 
     for serial in sorted({row["volume_serial"] for row in chosen}):
         copies = [row for row in chosen if row["volume_serial"] == serial]
-        if serial not in mounted:
+        if serial not in mounted and not module.check_mode:
             for row in copies:
                 result["studies"].append(dict(describe_copy(row, params["include_identifiers"]), status="not mounted"))
             continue
-        for row in order_on_tape(copies, mounted[serial]):
+        if serial in mounted:
+            copies = order_on_tape(copies, mounted[serial])
+        for row in copies:
             if params["max_studies"] and done >= params["max_studies"]:
                 return
             entry = describe_copy(row, params["include_identifiers"])
+            entry["mounted"] = serial in mounted
             result["studies"].append(entry)
             if module.check_mode:
+                # The target's instance lists are read even for unmounted volumes: no cartridge is needed.
                 expected, missing = restorer.missing_instances(row)
                 entry.update(status="would restore" if missing else "present", instances_missing=len(missing))
                 done += 1 if missing else 0
