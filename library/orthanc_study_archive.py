@@ -183,9 +183,11 @@ def main():
     try:
         volume = Volume(params["volume_path"], params["volume_reserve_bytes"])
         if module.check_mode and volume.serial(create=False) is None:
+            # Writing any study would change the volume, so check mode reports changed as a real run would.
             module.exit_json(msg="the volume has not been used yet; every study would be written",
                              results=[{"orthanc_id": value, "status": "would_archive"} for value in params["studies"]],
-                             **{key: value for key, value in result.items() if key != "results"})
+                             **{key: value for key, value in result.items() if key not in ("results", "changed")},
+                             changed=bool(params["studies"]))
         lock = FileLock(params["lock_dir"], "volume-" + volume.serial(), params["lock_timeout"])
         lock.acquire()
         catalog = open_catalog(params)
