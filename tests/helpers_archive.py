@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import ansible.module_utils
-import requests
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "module_utils") not in ansible.module_utils.__path__:
@@ -139,11 +138,6 @@ def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
-
-
-def get(url: str, **kwargs: Any) -> requests.Response:
-    kwargs.setdefault("timeout", 30)
-    return requests.get(url, **kwargs)
 
 
 def require_orthanc_binary() -> None:

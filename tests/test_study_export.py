@@ -210,16 +210,16 @@ class CountingExporter(StudyExporter):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.lock = threading.Lock()
-        self.held = 0
-        self.peak = 0
+        self.buffered_bytes = 0
+        self.peak_buffered_bytes = 0
         self.prefetched: list[str] = []
         self.streamed: list[str] = []
 
     def _download(self, instance_id: str) -> _Download:
         download = super()._download(instance_id)
         with self.lock:
-            self.held += len(download.data)
-            self.peak = max(self.peak, self.held)
+            self.buffered_bytes += len(download.data)
+            self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
             self.prefetched.append(instance_id)
         return download
 
@@ -230,10 +230,10 @@ class CountingExporter(StudyExporter):
     def _fetch_in_order(self, instances: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
         for item, fetched in super()._fetch_in_order(instances):
             yield item, fetched
-            # The writer has added the member once it asks for the next instance.
+            # The writer has added the member once it requests the next instance.
             if isinstance(fetched, _Download):
                 with self.lock:
-                    self.held -= len(fetched.data)
+                    self.buffered_bytes -= len(fetched.data)
 
 
 def test_memory_bounded_by_buffer(bench: dict[str, Any]) -> None:
@@ -252,8 +252,8 @@ def test_memory_bounded_by_buffer(bench: dict[str, Any]) -> None:
     assert len(small) == 6
     assert set(exporter.streamed) == large
     assert set(exporter.prefetched) == small
-    assert exporter.peak <= buffer_bytes
-    assert exporter.held == 0
+    assert exporter.peak_buffered_bytes <= buffer_bytes
+    assert exporter.buffered_bytes == 0
     tar_path, _ = container_paths(bench, result)
     assert verify_container(str(tar_path), result["container_sha256"],
                             bench["catalog"].copy_instances(result["copy_id"])) == []
