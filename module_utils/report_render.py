@@ -20,7 +20,7 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #1b1f24; max-width: 72em; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccd; }
 table { border-collapse: collapse; margin: 0.5em 0; } caption { text-align: left; font-weight: bold; }
-th, td { border: 1px solid #ccd; padding: 0.25em 0.6em; text-align: right; }
+th, td { border: 1px solid #ccd; padding: 0.25em 0.6em; text-align: right; } td { white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; } thead th { background: #eef1f6; }
 .note { color: #555; } .warn { color: #a40000; font-weight: bold; }
 .legend span { display: inline-block; width: 0.9em; height: 0.9em; margin: 0 0.3em 0 1em; vertical-align: middle; }

@@ -145,7 +145,7 @@ def choose_copies(groups: dict[tuple[str, str], list[dict[str, Any]]],
         else:
             waiting[key] = rows
 
-    # Greedy set cover: load first the cartridge that holds the most of the remaining studies.
+    # Greedy set cover: load first the cartridge that contains the most of the remaining studies.
     while waiting:
         counts: dict[str, int] = {}
         for rows in waiting.values():
@@ -350,7 +350,7 @@ class StudyRestorer:
             raise RestoreError(f"the manifest in {copy['path']} names study {manifest.get('orthanc_study_id')}, "
                                f"the catalog expects {copy['orthanc_study_id']}")
         if manifest.get("content_key") != copy["content_key"]:
-            raise RestoreError(f"the manifest in {copy['path']} holds another content of the study than the catalog's copy")
+            raise RestoreError(f"the manifest in {copy['path']} contains another content of the study than the catalog's copy")
 
     def _check_member(self, row: dict[str, Any], data: bytes) -> None:
         if len(data) != int(row["size"]):
@@ -371,7 +371,7 @@ class StudyRestorer:
             found = answer.get("ID") if isinstance(answer, dict) else answer
             raise RestoreError(f"instance {row['orthanc_instance_id']}: Orthanc stored it as {found!r}")
         if answer.get("Status") not in ("Success", "AlreadyStored"):
-            raise RestoreError(f"instance {row['orthanc_instance_id']}: Orthanc answered status {answer.get('Status')!r}")
+            raise RestoreError(f"instance {row['orthanc_instance_id']}: Orthanc returned status {answer.get('Status')!r}")
 
     def _check_target(self, copy: dict[str, Any], expected: list[dict[str, Any]]) -> None:
         """Compare the target's instances and their stored MD5s with the catalog."""
@@ -405,7 +405,7 @@ def mounted_volumes(paths: Iterable[str]) -> dict[str, Volume]:
         volume = Volume(path)
         serial = volume.serial(create=False)
         if serial is None:
-            raise RestoreError(f"{path} holds no archive volume (no LTFS serial and no marker file): "
+            raise RestoreError(f"{path} contains no archive volume (no LTFS serial and no marker file): "
                                "check that the cartridge is mounted there")
         volumes[serial] = volume
     return volumes
