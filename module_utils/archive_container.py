@@ -46,14 +46,19 @@ class HashingWriter:
         self.raw = raw
         self.sha256 = hashlib.sha256()
         self.bytes_written = 0
+        self.aborted = False
 
     def write(self, data: bytes) -> int:
+        if self.aborted:
+            # tarfile flushes its buffer when the abandoned TarFile is collected; drop those bytes.
+            return len(data)
         self.sha256.update(data)
         self.bytes_written += len(data)
         return self.raw.write(data)
 
     def flush(self) -> None:
-        self.raw.flush()
+        if not self.aborted:
+            self.raw.flush()
 
 
 class _MemberReader:
@@ -173,6 +178,8 @@ class ContainerWriter:
         return {"bytes": self._hashing.bytes_written, "sha256": self._hashing.sha256.hexdigest()}
 
     def abort(self) -> None:
+        if self._hashing is not None:
+            self._hashing.aborted = True
         if self._file is not None:
             try:
                 self._file.close()
