@@ -399,8 +399,6 @@ class LtfsVolume:
 
     def formatted(self):
         device = self.require("device")
-        self.wait_for_device(device)
-
         serial = self.params["volume_serial"]
         if serial is None and self.params["barcode"]:
             try:
@@ -408,8 +406,19 @@ class LtfsVolume:
             except ValueError as exc:
                 self.fail(str(exc))
 
-        current = self.probe_serial(device)
         reformat_serial = self.params["reformat_volume_serial"]
+        process = find_ltfs_process(device=device)
+        if process is not None and process["mount_point"] and self.is_mounted(process["mount_point"]):
+            # A volume that LTFS has mounted is formatted; formatting it again needs an unmount first.
+            current = self.read_facts(process["mount_point"])[0]["serial"]
+            self.result.pop("volume", None)
+            if reformat_serial is not None:
+                self.fail(f"{device} has LTFS volume {current} mounted on {process['mount_point']}: unmount it "
+                          "with state=unmounted before formatting")
+        else:
+            self.wait_for_device(device)
+            current = self.probe_serial(device)
+
         if current is not None:
             self.result["volume_serial"] = current
             if reformat_serial is None:
