@@ -160,6 +160,7 @@ class StudyExporter:
         study = describe_study(self.client, self.server, study_id)
         existing = self.existing_copy(study)
         container, manifest = self.volume.study_paths(self.server, study["study_date"], study_id)
+        container, manifest = self._paths_for_content(study, container, manifest)
         return {
             "study": study,
             "existing": existing,
@@ -167,6 +168,24 @@ class StudyExporter:
             "manifest_path": manifest,
             "estimated_bytes": estimate_container_bytes(study["instances"]),
         }
+
+    def _paths_for_content(self, study: dict[str, Any], container: str, manifest: str) -> tuple[str, str]:
+        """Return paths that no copy of another content of this study uses on this volume.
+
+        A study that changed after it was archived (an instance added, or removed by an interrupted
+        reclaim) is archived again. Writing the new content over the old container would destroy the
+        only copy of instances that Orthanc no longer holds while the catalog still lists that copy
+        as verified, so a new content gets a file name with its content key.
+        """
+        taken = {
+            row["path"] for row in self.catalog.copies_of_study(self.server, study["orthanc_study_id"],
+                                                                ("writing", "written", "verified"))
+            if row["volume_serial"] == self.volume_serial and row["content_key"] != study["content_key"]
+        }
+        if container not in taken:
+            return container, manifest
+        suffix = "." + study["content_key"][:16]
+        return container[: -len(".tar")] + suffix + ".tar", manifest[: -len(".json")] + suffix + ".json"
 
     # -- export ---------------------------------------------------------------------------------
 
