@@ -184,7 +184,9 @@ class OrthancClient:
                     f"TLS verification failed for {self.url}: {type(exc).__name__}. "
                     "Set ca_path to the CA bundle that signed the server certificate"
                 ) from None
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:
+                # ChunkedEncodingError: the connection closed before the whole answer body arrived.
                 if attempt >= self.retries:
                     raise OrthancError(
                         f"{method} {path} on {self.url} failed after {attempt + 1} attempts: "
