@@ -372,6 +372,12 @@ class Catalog:
             "SELECT * FROM deletions WHERE server = ? AND orthanc_study_id = ? ORDER BY id", (server, orthanc_study_id)
         )
 
+    def deletions(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Return every recorded deletion, or those of one server, oldest first."""
+        if server is None:
+            return self._rows("SELECT * FROM deletions ORDER BY id")
+        return self._rows("SELECT * FROM deletions WHERE server = ? ORDER BY id", (server,))
+
     def record_restore(self, copy_row: dict[str, Any], target_server: str, instances_restored: int) -> None:
         with self._transaction():
             self._execute(
