@@ -98,6 +98,8 @@ bytes_to_free:
   type: int
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible.module_utils.archive_catalog import CATALOG_ARGUMENT_SPEC, CatalogError, open_catalog
@@ -120,6 +122,10 @@ def main():
               "bytes_to_free": 0}
     if params["max_studies"] < 0:
         module.fail_json(msg=f"invalid max_studies {params['max_studies']}: expected 0 (no limit) or more", **result)
+
+    if module.check_mode and params["catalog_backend"] == "sqlite" and not os.path.exists(params["catalog_path"]):
+        # No catalog means no verified copy, so nothing would be deleted; opening it would create the file.
+        module.exit_json(msg=f"no catalog at {params['catalog_path']} yet, so no study would be deleted", **result)
 
     catalog = None
     lock = None
