@@ -1,8 +1,8 @@
 """Check that every module in library/ has complete documentation, as ansible-doc reads it.
 
-A module passes when ansible-doc loads it and it has a short_description, a description,
-an author, examples, a description and type for every option and every suboption, and a
-RETURN section whose values each have a description and a `returned` field.
+A module passes when ansible-doc loads it and it has a short_description, a description, an
+author and examples. Every option and suboption needs a description and a type, and every
+RETURN value a description and a `returned` field.
 
 Run from the repository root:  python tools/check_module_docs.py
 """
