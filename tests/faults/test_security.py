@@ -64,6 +64,10 @@ def test_playbook_keeps_password_out(orthanc: Any, tmp_path: Path) -> None:
         if path.name == "inventory.yml":
             continue  # the test wrote the password there, as a vault or AWX credential would provide it
         assert PASSWORD.encode() not in data, f"the password is in {path}"
+    for folder in (site.directory / "logs", site.reports):
+        for path, data in tree_bytes(folder):
+            assert b"Secretname" not in data, f"the patient name is in {path}"
+            assert b"SEC-PID-4711" not in data, f"the PatientID is in {path}"
 
 
 def test_archive_files_private(orthanc: Any, tmp_path: Path) -> None:
