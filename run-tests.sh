@@ -11,6 +11,7 @@ cd "$repo"
 tools/apt-install.sh
 tools/venv.sh
 export PATH="$repo/.venv/bin:$PATH"
+PYTHON="$repo/.venv/bin/python" tools/install_collections.sh
 
 echo "== ansible-doc: documentation of every module in library/"
 python tools/check_module_docs.py
@@ -20,3 +21,9 @@ ansible-lint --profile production
 
 echo "== pytest"
 pytest "$@"
+
+# Each scenario converges a role against the tape simulator in tests/tapesim on this host.
+for scenario in tape_drive ltfs; do
+    echo "== molecule test -s $scenario"
+    molecule test -s "$scenario"
+done
