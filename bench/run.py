@@ -107,7 +107,7 @@ def machine_facts(work: Path, orthanc_version: str) -> dict[str, Any]:
 
 
 def drop_caches() -> bool:
-    """Write dirty pages and drop the page cache; return False when this process may not do so."""
+    """Write dirty pages and drop the page cache. Return False when this process lacks the permission."""
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -131,7 +131,7 @@ def generated_files(study: demo_data.GeneratedStudy) -> Iterator[bytes]:
 
 
 def upload(uploader: demo_data.Uploader, files: Iterator[bytes]) -> set[str]:
-    """Upload files and return the Orthanc IDs of their studies; raise if Orthanc rejects one."""
+    """Upload files and return the Orthanc IDs of their studies. Raise RuntimeError if Orthanc rejects one."""
     study_ids = set()
     for result in uploader.upload_many(files):
         if not result.accepted:
@@ -141,7 +141,7 @@ def upload(uploader: demo_data.Uploader, files: Iterator[bytes]) -> set[str]:
 
 
 def load_export_sets(url: str, sizes: dict[str, Any]) -> dict[str, list[str]]:
-    """Upload the CT-like, radiography-like, tiny and big studies; return study IDs per set."""
+    """Upload the CT-like, radiography-like, tiny and big studies and return the study IDs of each set."""
     sets: dict[str, list[str]] = {}
     with demo_data.Uploader(url, threads=4) as uploader:
         ct = []
@@ -329,6 +329,17 @@ def sweep(bench: Bench, study_ids: list[str], sizes: dict[str, Any]) -> list[dic
 
 # -- selection --------------------------------------------------------------------------------
 
+def wait_until_stable(client: OrthancClient, count: int, timeout: float = 120.0) -> None:
+    """Wait until Orthanc reports count studies and none of them is still unstable (StableAge 1 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        studies = list(client.list_studies(page_size=5000))
+        if len(studies) >= count and all(study.get("IsStable") for study in studies):
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the {count} uploaded studies did not all become stable within {timeout:.0f} s")
+
+
 def measure_selection(work: Path, sizes: dict[str, Any]) -> list[dict[str, Any]]:
     """Load tiny studies into a second Orthanc in steps and time choosing the first batch at each size."""
     rows = []
@@ -346,7 +357,7 @@ def measure_selection(work: Path, sizes: dict[str, Any]) -> list[dict[str, Any]]
             print(f"# selection: loaded {size} studies in {time.monotonic() - started:.0f} s",
                   file=sys.stderr, flush=True)
             loaded = size
-            time.sleep(3)  # let every study become stable (StableAge 1 s)
+            wait_until_stable(client, size)
             for batch in sizes["selection_batches"]:
                 policy = Policy(dict(defaults, older_than_days=365, max_studies=batch))
                 requests_sent = 0
@@ -415,6 +426,7 @@ def markdown(results: dict[str, Any]) -> str:
         "| c peak RSS MB | CPU s/GB a | CPU s/GB b (client + Orthanc) | CPU s/GB c (client + Orthanc) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
     for name, item in results["sets"].items():
         b = item.get("b")
         archive_cpu = f"{b['cpu_s_per_gb']} + {b['orthanc_cpu_s_per_gb']}" if b else "-"
@@ -443,6 +455,7 @@ def markdown(results: dict[str, Any]) -> str:
     for row in results["selection"]:
         lines.append(f"| {row['server_studies']} | {row['batch']} | {row['seconds']} | {row['requests']} "
                      f"| {row['orthanc_cpu_seconds']} |")
+
     lines += ["", "## Targets", ""]
     for text, met, value in results["targets"]:
         lines.append(f"- {'met' if met else 'MISSED'}: {text}: {value}")
