@@ -53,6 +53,22 @@ def test_report_server_without_result_failed() -> None:
     assert "unreachable" in report["servers"][0]["failures"][0]
 
 
+def test_report_unfinished_archive_failed() -> None:
+    report = summary.archive_summary_report({"pacs-a": {"archive": archive_result(status="running"), "reclaim": None}})
+
+    entry = report["servers"][0]
+    assert entry["status"] == "failed"
+    assert "stopped before it finished" in entry["failures"][0]
+
+
+def test_report_unfinished_reclaim_failed() -> None:
+    reclaim = reclaim_result(status="running")
+    report = summary.archive_summary_report({"pacs-a": {"archive": archive_result(), "reclaim": reclaim}})
+
+    assert report["failed_servers"] == ["pacs-a"]
+    assert "reclaim stopped" in report["servers"][0]["failures"][0]
+
+
 def test_report_failed_step_skips_reclaim() -> None:
     archive = archive_result(status="failed", stopped_at="Select the studies",
                              failures=["Select the studies: connection refused"], archived=0)

@@ -55,6 +55,9 @@ def server_entry(name: str, archive: dict[str, Any] | None, reclaim: dict[str, A
     for field in ARCHIVE_FIELDS:
         entry[field] = _as_int(archive.get(field))
     failures.extend(str(item) for item in archive.get("failures") or [])
+    if archive.get("status") not in ("ok", "failed"):
+        failures.append("the archive stopped before it finished: the tape host became unreachable or the play "
+                        "was aborted")
 
     if archive.get("stopped_at"):
         entry["reclaim"] = "skipped after the failed archive step"
@@ -66,6 +69,9 @@ def server_entry(name: str, archive: dict[str, Any] | None, reclaim: dict[str, A
             entry[field] = _as_int(reclaim.get(field))
         entry["left_in_orthanc"] = _as_int(reclaim.get("left_in_orthanc"))
         failures.extend(str(item) for item in reclaim.get("failures") or [])
+        if reclaim.get("status") not in ("ok", "failed"):
+            failures.append("the reclaim stopped before it finished: the tape host became unreachable or the play "
+                            "was aborted")
 
     entry["failures"] = failures
     if failures or archive.get("status") == "failed":
