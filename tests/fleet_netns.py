@@ -1,6 +1,6 @@
 """A private test network of Linux network namespaces, with sshd in each one that needs it.
 
-FleetNetwork creates a namespace that holds a bridge (the "LAN") and, per node, a namespace
+FleetNetwork creates a namespace that contains a bridge (the "LAN") and, per node, a namespace
 joined to that bridge by a veth pair. The root namespace joins the bridge too, so the test (the
 Ansible controller) reaches every node. All addresses are in one /24 of 10.231.0.0/16 that exists
 only on these interfaces; close() deletes the namespaces and with them every address and route.
@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
@@ -40,7 +40,6 @@ class Node:
     netns: str
     address: str
     sshd: subprocess.Popen[bytes] | None = None
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def command(self, *argv: str) -> list[str]:
         """Return argv wrapped to run inside this node's namespace."""
@@ -105,6 +104,7 @@ class FleetNetwork:
         folder.mkdir()
         host_key = folder / "ssh_host_ed25519_key"
         run(SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
+
         authorized = folder / "authorized_keys"
         shutil.copy(self.client_key.with_suffix(".pub"), authorized)
         config = folder / "sshd_config"
@@ -122,11 +122,13 @@ class FleetNetwork:
             "Subsystem sftp internal-sftp",
             "",
         ]))
+
         # sshd refuses to start without its privilege separation folder (Debian creates it at boot).
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         log = open(folder / "sshd.log", "wb")  # noqa: SIM115  (closed with the process)
         node.sshd = subprocess.Popen(node.command(SSHD, "-D", "-e", "-f", str(config)), stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
         public_host_key = host_key.with_suffix(".pub").read_text().split()
         with open(self.known_hosts, "a", encoding="ascii") as handle:
             handle.write(f"{node.address} {public_host_key[0]} {public_host_key[1]}\n")

@@ -1,8 +1,8 @@
 """A fleet of three real Orthanc servers archived by archive.yml into one PostgreSQL catalog.
 
 Each Orthanc server and each tape host is its own inventory host in its own network namespace
-(tests/fleet_netns.py), with sshd started inside, so Ansible reaches the tape hosts over real SSH
-connections and the modules on the tape hosts reach Orthanc over real HTTP connections:
+(tests/fleet_netns.py), with sshd started inside. Ansible reaches the tape hosts over real SSH
+connections, and the modules on the tape hosts reach Orthanc over real HTTP connections:
 
     tape-a  10.231.N.11  writes pacs1 and pacs2 (one volume, so their writers take turns)
     tape-b  10.231.N.12  writes pacs3, in parallel with tape-a
@@ -140,7 +140,7 @@ def build_inventory(fleet: dict[str, Any], folder: Path, overrides: dict[str, di
     # The fleet's default policy, exactly as shipped in the example.
     shutil.copy(REPO / "inventory/fleet-example/group_vars/all/main.yml", inventory / "group_vars/all/main.yml")
 
-    # What the vault holds in production; a plain file is fine for throwaway test secrets.
+    # What the vault contains in production; a plain file is fine for throwaway test secrets.
     vault = {
         "vault_orthanc_archive_catalog_dsn": cluster.dsn(database),
         "vault_orthanc_archive_passwords": {name: server.auth[1] for name, server in servers.items()},
@@ -152,6 +152,7 @@ def build_inventory(fleet: dict[str, Any], folder: Path, overrides: dict[str, di
         "ansible_ssh_private_key_file": str(network.client_key),
         "ansible_ssh_common_args": network.ssh_args(),
         "ansible_python_interpreter": sys.executable,
+        "ansible_pipelining": True,
     }
     hosts: dict[str, Any] = {
         "all": {
@@ -201,11 +202,14 @@ def build_inventory(fleet: dict[str, Any], folder: Path, overrides: dict[str, di
     return inventory
 
 
-def run_playbook(playbook: str, inventory: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_playbook(playbook: str, inventory: Path, *extra: str,
+                 awx_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ansible-playbook from the repository root; awx_env adds the variables an AWX job sets."""
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", ANSIBLE_FORKS="10",
                ANSIBLE_HOST_KEY_CHECKING="True")
     for name in ("AWX_HOST", "JOB_ID", "INVENTORY_ID"):
         env.pop(name, None)
+    env.update(awx_env or {})
     return subprocess.run([ANSIBLE_PLAYBOOK, playbook, "-i", str(inventory), *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=PLAYBOOK_TIMEOUT, check=False)
 
@@ -220,13 +224,6 @@ def verified_servers(fleet: dict[str, Any], inventory: Path) -> dict[str, int]:
     with psycopg.connect(vault["vault_orthanc_archive_catalog_dsn"]) as conn:
         rows = conn.execute("SELECT server, count(*) FROM copies WHERE state = 'verified' GROUP BY server").fetchall()
     return {server: count for server, count in rows}
-
-
-def server_entry(report: dict[str, Any], name: str) -> dict[str, Any]:
-    servers = report["servers"]
-    if isinstance(servers, dict):
-        return servers[name]
-    return next(entry for entry in servers if entry.get("server") == name)
 
 
 def test_pacs3_uses_postgresql_index(fleet: dict[str, Any]) -> None:
@@ -299,12 +296,16 @@ def test_sqlite_catalog_under_awx_rejected(fleet: dict[str, Any], tmp_path: Path
     local_inventory = tmp_path / "local.yml"
     local_inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    sqlite_on_job_disk = ("-i", str(local_inventory), "-e", "orthanc_archive_catalog_backend=sqlite",
+                          "-e", "orthanc_archive_tape_host=localhost")
 
-    plan = run_playbook(
-        "playbooks/retention_plan.yml", inventory, "-i", str(local_inventory), "--check",
-        "-e", "orthanc_archive_catalog_backend=sqlite", "-e", "orthanc_archive_tape_host=localhost",
-        "-e", "awx_job_id=42",
-    )
+    plan = run_playbook("playbooks/retention_plan.yml", inventory, *sqlite_on_job_disk, "--check",
+                        "-e", "awx_job_id=42")
+    archive = run_playbook("archive.yml", inventory, *sqlite_on_job_disk,
+                           awx_env={"AWX_HOST": "https://awx.invalid", "JOB_ID": "42", "INVENTORY_ID": "7"})
 
     assert plan.returncode != 0
-    assert "would be lost" in plan.stdout or "deleted when the job ends" in plan.stdout
+    assert "deleted when the job ends" in plan.stdout
+    assert archive.returncode != 0
+    assert "deleted when the job ends" in archive.stdout
+    assert not (tmp_path / "tape-a" / "volume").exists()
