@@ -1,9 +1,9 @@
 """The AWX content: execution environment definition, collection requirements, and the job
 templates, surveys and schedules that playbooks/awx_setup.yml creates.
 
-ansible-lint checks the module arguments against the installed awx.awx collection; these tests
-check what lint cannot: that the surveys are typed and bounded, that every schedule is valid
-iCalendar for AWX, and that the files the definitions name exist.
+ansible-lint checks the module arguments against the installed awx.awx collection. These tests
+check what lint cannot: surveys are typed and bounded, schedules are well-formed recurrence
+rules, and the files that the definitions name exist.
 """
 
 from __future__ import annotations
