@@ -226,6 +226,13 @@ def verified_servers(fleet: dict[str, Any], inventory: Path) -> dict[str, int]:
     return {server: count for server, count in rows}
 
 
+def export_seconds(log_path: Path) -> tuple[str, str]:
+    """Return the first and last time stamp of the 'archived study' lines of a progress log."""
+    stamps = [line.split()[0] for line in log_path.read_text().splitlines() if " archived study " in line]
+    assert stamps, f"no archived study in {log_path}"
+    return min(stamps), max(stamps)
+
+
 def test_pacs3_uses_postgresql_index(fleet: dict[str, Any]) -> None:
     system = fleet["servers"]["pacs3"].system()
 
@@ -257,6 +264,11 @@ def test_plan_then_archive_three_servers(fleet: dict[str, Any], tmp_path: Path) 
     report = latest_report(inventory)
     assert report["failed_servers"] == []
     print(f"archive.yml on three servers took {seconds:.1f} s")
+
+    # pacs1 and pacs2 share tape-a's volume, so one export ended before the other began
+    # (the progress logs have one-second resolution, hence the inclusive comparison).
+    first, second = (export_seconds(tmp_path / "logs" / f"{name}.log") for name in ("pacs1", "pacs2"))
+    assert first[1] <= second[0] or second[1] <= first[0], (first, second)
 
     replan = run_playbook("playbooks/retention_plan.yml", inventory, "--check")
     assert replan.returncode == 0, replan.stdout[-6000:]
