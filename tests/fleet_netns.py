@@ -51,7 +51,7 @@ class FleetNetwork:
 
     def __init__(self, subnet: int | None = None):
         self.tag = f"oa{os.getpid() % 100000}"
-        self.subnet = subnet if subnet is not None else 20 + os.getpid() % 200
+        self.subnet = subnet if subnet is not None else self._unused_subnet(20 + os.getpid() % 200)
         self.prefix = f"10.231.{self.subnet}"
         self.lan = f"{self.tag}-lan"
         self.root_address = f"{self.prefix}.1"
@@ -60,6 +60,15 @@ class FleetNetwork:
         self.directory = Path(tempfile.mkdtemp(prefix="orthanc-archive-fleet-"))
         self.client_key = self.directory / "id_ed25519"
         self.known_hosts = self.directory / "known_hosts"
+
+    @staticmethod
+    def _unused_subnet(first: int) -> int:
+        """Return the first third octet from first on whose 10.231.x.0/24 no interface here uses."""
+        for offset in range(230):
+            subnet = 20 + (first - 20 + offset) % 230
+            if not run("ip", "-4", "addr", "show", "to", f"10.231.{subnet}.0/24", check=False).stdout.strip():
+                return subnet
+        raise RuntimeError("every subnet 10.231.20.0/24 to 10.231.249.0/24 is in use: delete stale test namespaces")
 
     # -- network --------------------------------------------------------------------------------
 
