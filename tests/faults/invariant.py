@@ -2,10 +2,12 @@
 
 Every study that existed before a run is, at every moment, either
   - complete in Orthanc: each of its original instances is there with the original MD5, or
-  - verified on at least required_copies volumes: the catalog holds a `verified` copy of it on that
-    many distinct volumes, and each of those containers, read back here with tarfile (not with the
-    product's reader), holds every instance missing from Orthanc with the original MD5.
-A study for which neither holds is lost. The checker reads the catalog with plain SQL.
+  - verified on at least required_copies volumes: every instance missing from Orthanc is, with the
+    original MD5, in `verified` copies of the study on that many distinct volumes. Containers are
+    read back here with tarfile, not with the product's reader.
+A study for which neither holds is lost. The check is per instance because a study that changed
+after it was archived (an instance arrived during reclaim) ends up in two copies, one per content.
+The checker reads the catalog with plain SQL.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def check(originals: Originals, url: str, auth: tuple[str, str] | None, catalog:
         if not missing:
             continue
 
-        good_volumes = set()
+        volumes_of: dict[str, set[str]] = {instance: set() for instance in missing}
         problems = []
         for copy in verified_copies(catalog, server, study_id):
             path = locate(copy["volume_serial"], copy["path"])
@@ -104,12 +106,12 @@ def check(originals: Originals, url: str, auth: tuple[str, str] | None, catalog:
             except (tarfile.TarError, OSError) as exc:
                 problems.append(f"copy {copy['id']}: {exc}")
                 continue
-            wrong = [instance for instance, md5 in missing.items() if stored.get(instance) != md5]
-            if wrong:
-                problems.append(f"copy {copy['id']} lacks or changed {len(wrong)} instances")
-                continue
-            good_volumes.add(copy["volume_serial"])
-        if len(good_volumes) < required_copies:
-            lost[study_id] = (f"{len(missing)} of {len(expected)} instances gone from Orthanc, verified on "
-                              f"{len(good_volumes)} of {required_copies} volumes; " + "; ".join(problems))
+            for instance, md5 in missing.items():
+                if stored.get(instance) == md5:
+                    volumes_of[instance].add(copy["volume_serial"])
+        short = [instance for instance, volumes in volumes_of.items() if len(volumes) < required_copies]
+        if short:
+            lost[study_id] = (f"{len(missing)} of {len(expected)} instances gone from Orthanc, {len(short)} of them "
+                              f"verified on fewer than {required_copies} volumes: {', '.join(sorted(short))}; "
+                              + "; ".join(problems))
     return lost

@@ -156,6 +156,9 @@ def sqlite_locked(number: int, seconds: float = 2.5) -> Fault:
 
         def hold_lock() -> None:
             def hold() -> None:
+                # Before the archive step the catalog does not exist yet: lock it as soon as it does.
+                if not wait_for(lambda: os.path.exists(target.catalog["catalog_path"])):
+                    return
                 conn = sqlite3.connect(target.catalog["catalog_path"], timeout=30, isolation_level=None)
                 conn.execute("BEGIN EXCLUSIVE")
                 time.sleep(seconds)
@@ -183,13 +186,14 @@ def postgres_fault(variant: str, number: int) -> Fault:
 
         def lock() -> None:
             def hold() -> None:
-                try:
-                    with psycopg.connect(dsn) as conn:
-                        with conn.transaction():
-                            conn.execute("LOCK TABLE copies IN ACCESS EXCLUSIVE MODE")
-                            time.sleep(2.5)
-                except psycopg.Error:
-                    pass  # the catalog does not exist yet when the lock comes before the first module
+                # Before the archive step the copies table does not exist yet: lock it as soon as it does.
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    exists = "SELECT to_regclass('copies') IS NOT NULL"
+                    if not wait_for(lambda: conn.execute(exists).fetchone()[0]):
+                        return
+                    with conn.transaction():
+                        conn.execute("LOCK TABLE copies IN ACCESS EXCLUSIVE MODE")
+                        time.sleep(2.5)
             threading.Thread(target=hold, daemon=True).start()
             time.sleep(0.1)
 
@@ -203,6 +207,16 @@ def postgres_fault(variant: str, number: int) -> Fault:
                         rules=[Rule("hook", number)], hook=hook)
 
     return Fault(f"catalog_postgresql_{variant}", str(number), run)
+
+
+def wait_for(condition: Callable[[], Any], seconds: float = 20.0) -> bool:
+    """Poll condition every 50 ms until it is true or seconds have passed; return whether it became true."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # -- two runs at once ----------------------------------------------------------------------------
