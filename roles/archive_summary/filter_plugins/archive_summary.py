@@ -41,7 +41,8 @@ def server_entry(name: str, archive: dict[str, Any] | None, reclaim: dict[str, A
     failures: list[str] = []
 
     if not archive:
-        entry.update(endpoint=None, reclaim="not run", volume_serial=None, volume_full=False, skipped_by_policy={})
+        entry.update(endpoint=None, reclaim="not run", volume_serial=None, volume_full=False, skipped_by_policy={},
+                     cartridges=[], cartridges_skipped=[])
         entry["status"] = "failed"
         entry["failures"] = ["no result: the server was unreachable or the play stopped before it reported"]
         return entry
@@ -52,6 +53,8 @@ def server_entry(name: str, archive: dict[str, Any] | None, reclaim: dict[str, A
     entry["volume_serial"] = archive.get("volume_serial")
     entry["volume_full"] = bool(archive.get("volume_full"))
     entry["skipped_by_policy"] = dict(archive.get("skipped_by_policy") or {})
+    entry["cartridges"] = list(archive.get("cartridges") or [])
+    entry["cartridges_skipped"] = list(archive.get("cartridges_skipped") or [])
     for field in ARCHIVE_FIELDS:
         entry[field] = _as_int(archive.get(field))
     failures.extend(str(item) for item in archive.get("failures") or [])
@@ -147,7 +150,14 @@ def archive_summary_text(report: dict[str, Any], report_path: str | None = None)
         notes = []
         if entry.get("reclaim") not in ("ok", "off"):
             notes.append(f"reclaim {entry.get('reclaim')}")
-        if entry.get("volume_full"):
+        if entry.get("cartridges"):
+            notes.append("cartridges written: " + ", ".join(
+                f"{cartridge['barcode'] or cartridge['volume_serial']} (drive {cartridge['drive']}, "
+                f"{cartridge['archived']} studies{', full' if cartridge['full'] else ''})"
+                for cartridge in entry["cartridges"]))
+        notes.extend(entry.get("cartridges_skipped") or [])
+        # A tape run names the cartridge it needs in its failure instead.
+        if entry.get("volume_full") and not entry.get("cartridges"):
             notes.append(f"volume {entry.get('volume_serial')} is full: load an empty volume and run again")
         if entry.get("changed_during_export"):
             notes.append(f"{entry['changed_during_export']} studies changed during the export and are archived "

@@ -1,0 +1,322 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to this project
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters that plan the cartridge passes of a tape run and fold the task results back into one state.
+
+tasks/volume_ltfs.yml keeps the whole tape run in one fact, orthanc_archive_tape, and changes it
+only through these filters, so the decisions (which cartridge goes into which drive next, which
+studies move on to the next cartridge, when the run must stop and which cartridge it needs) live
+here in plain Python instead of in Jinja.
+
+The state is a dict:
+  drives   one entry per configured drive: index, device (what ltfs opens), element (mtx drive
+           number), mount_point, pool (its share of the scratch barcodes), position (next pool
+           entry), studies (Orthanc IDs still to write) and written (cartridges to verify)
+  jobs     the cartridges of the current pass, one per busy drive, with the outcome of each step
+  cartridges, skipped, counters, failures, stop, volume_full
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# Export statuses whose study goes on to the next cartridge of the same drive.
+CARRIED_STATUSES = ("volume_full", "not_attempted")
+# LTFS message ID that ltfs prints when the medium holds no LTFS volume; ltfs_volume returns it in messages.
+NOT_FORMATTED_MESSAGE = "11009E"
+
+
+def _mount_point(base: str, drive: dict[str, Any]) -> str:
+    return drive.get("mount_point") or f"{base.rstrip('/')}/drive{drive.get('drive', 0)}"
+
+
+def tape_start(study_ids: list[str], drives: list[dict[str, Any]], barcodes: list[str], has_changer: bool,
+               mount_base: str) -> dict[str, Any]:
+    """Build the first state: the studies and the scratch barcodes dealt out round-robin over the drives."""
+    count = len(drives)
+    state_drives = []
+    for index, drive in enumerate(drives):
+        state_drives.append({
+            "index": index,
+            "device": drive["device"],
+            "element": int(drive.get("drive", index)),
+            "mount_point": _mount_point(mount_base, drive),
+            "pool": list(barcodes[index::count]) if has_changer else list(barcodes[index:index + 1]),
+            "position": 0,
+            "studies": list(study_ids[index::count]),
+            "written": [],
+        })
+    return {
+        "has_changer": bool(has_changer),
+        "drives": state_drives,
+        "jobs": [],
+        "pass": 0,
+        "cartridges": [],
+        "skipped": [],
+        "archived": 0,
+        "archived_bytes": 0,
+        "already_archived": 0,
+        "changed_during_export": 0,
+        "verified": 0,
+        "verified_bytes": 0,
+        "failures": [],
+        "stop": None,
+        "volume_full": False,
+    }
+
+
+def _needed_message(drive: dict[str, Any], has_changer: bool) -> str:
+    remaining = len(drive["studies"])
+    used = ", ".join(drive["pool"]) or "none"
+    if has_changer:
+        return (f"drive {drive['element']} ({drive['device']}) needs another scratch cartridge: its share of "
+                f"orthanc_archive_scratch_barcodes ({used}) is used up and {remaining} studies were not written. "
+                "Put a blank cartridge into the library, add its barcode to orthanc_archive_scratch_barcodes "
+                "and run again")
+    if drive["position"] < 1:
+        return (f"drive {drive['device']} has no cartridge to write {remaining} studies to: insert a scratch "
+                "cartridge and run again")
+    return (f"the cartridge in drive {drive['device']} is full and this host has no tape changer, so "
+            f"{remaining} studies were not written: unload it, insert a blank scratch cartridge and run again")
+
+
+def tape_begin_pass(state: dict[str, Any]) -> dict[str, Any]:
+    """Start a write pass: one job per drive that has studies left and a cartridge to put them on."""
+    state = copy.deepcopy(state)
+    state["jobs"] = []
+    if state["stop"]:
+        return state
+
+    has_changer = state["has_changer"]
+    for drive in state["drives"]:
+        if not drive["studies"]:
+            continue
+        if has_changer and drive["position"] >= len(drive["pool"]):
+            state["stop"] = _needed_message(drive, True)
+            state["volume_full"] = True
+            continue
+        if not has_changer and drive["position"] >= 1:
+            state["stop"] = _needed_message(drive, False)
+            state["volume_full"] = True
+            continue
+
+        barcode = drive["pool"][drive["position"]] if drive["position"] < len(drive["pool"]) else None
+        state["jobs"].append({
+            "index": drive["index"],
+            "device": drive["device"],
+            "element": drive["element"],
+            "mount_point": drive["mount_point"],
+            "barcode": barcode,
+            "studies": list(drive["studies"]),
+            "error": None,
+            "write_protected": False,
+            "loaded": False,
+            "mounted": False,
+            "formatted": False,
+            "blank": False,
+            "serial": None,
+        })
+
+    if state["stop"]:
+        # One drive without a cartridge stops the run; the other drives write nothing more.
+        state["jobs"] = []
+    return state
+
+
+def tape_note(state: dict[str, Any], registered: dict[str, Any] | None, step: str,
+              format_blank: bool = False) -> dict[str, Any]:
+    """Record the outcome of one looped task (load, format, mount, export, verify, unmount, unload) per job.
+
+    With format_blank, a mount that fails because the cartridge holds no LTFS volume marks the job
+    blank instead of failed, so that the round formats the cartridge and mounts it again.
+    """
+    state = copy.deepcopy(state)
+    outcomes = {}
+    for result in (registered or {}).get("results", []):
+        item = result.get("item") or {}
+        # async_status loops carry the started job's result, whose own item is the job.
+        if "ansible_job_id" in item and isinstance(item.get("item"), dict):
+            item = item["item"]
+        if result.get("skipped") or "index" not in item:
+            continue
+        outcomes[item["index"]] = result
+
+    for job in state["jobs"]:
+        result = outcomes.get(job["index"])
+        if result is None:
+            continue
+        if (step == "mount" and format_blank and "volume" not in result
+                and NOT_FORMATTED_MESSAGE in (result.get("messages") or [])):
+            # tape_mount.yml lets this failure through as ok, so that the round formats the cartridge.
+            job["blank"] = True
+            continue
+        if result.get("failed"):
+            message = str(result.get("msg") or "failed without a message")
+            if job["error"] is None:
+                job["error"] = f"{step} of cartridge {job['barcode'] or '(in the drive)'} in drive " \
+                               f"{job['element']}: {message}"
+            if step in ("format", "mount") and ("write-protected" in message or result.get("read_only")):
+                job["write_protected"] = True
+            if step == "unmount":
+                job["unmount_failed"] = True
+            continue
+
+        if step == "load":
+            job["loaded"] = True
+        elif step == "format":
+            job["formatted"] = bool(result.get("formatted"))
+            job["blank"] = False
+        elif step == "mount":
+            job["mounted"] = True
+            volume = result.get("volume") or {}
+            job["serial"] = volume.get("serial")
+            job["available_bytes_before"] = volume.get("available_bytes")
+        elif step == "unmount":
+            job["mounted"] = False
+        elif step in ("export", "verify"):
+            job[step] = {key: value for key, value in result.items()
+                         if key not in ("invocation", "item", "ansible_job_id", "results_file", "started")}
+    return state
+
+
+def _fold_export(state: dict[str, Any], drive: dict[str, Any], job: dict[str, Any]) -> None:
+    export = job["export"]
+    results = export.get("results") or []
+    carried = [entry["orthanc_id"] for entry in results if entry.get("status") in CARRIED_STATUSES]
+    full = bool(export.get("volume_full"))
+    archived = int(export.get("archived_count") or 0)
+
+    if full and archived == 0 and job["formatted"] and carried:
+        # The study did not fit on a cartridge formatted moments ago, so no other cartridge takes it either.
+        state["failures"].append(f"export: study {carried[0]} did not fit on the empty cartridge {job['barcode']}: "
+                                 "it is larger than a cartridge holds; exclude it from the policy or use larger media")
+        carried = carried[1:]
+
+    state["archived"] += archived
+    state["archived_bytes"] += int(export.get("archived_bytes") or 0)
+    state["already_archived"] += int(export.get("skipped_count") or 0)
+    state["changed_during_export"] += sum(1 for entry in results if entry.get("status") == "changed")
+    for entry in results:
+        if entry.get("status") == "failed":
+            state["failures"].append(f"export: study {entry['orthanc_id']}: {entry.get('reason', 'no reason given')}")
+
+    volume = export.get("volume") or {}
+    serial = volume.get("serial") or job["serial"]
+    dead = sum(1 for entry in results if entry.get("status") == "volume_full" and "no space left" in
+               str(entry.get("reason", "")))
+    state["cartridges"].append({
+        "barcode": job["barcode"],
+        "volume_serial": serial,
+        "drive": job["element"],
+        "archived": archived,
+        "archived_bytes": int(export.get("archived_bytes") or 0),
+        "full": full,
+        "partial_files": dead,
+        "available_bytes": volume.get("available_bytes"),
+    })
+    if archived > 0:
+        drive["written"].append({"barcode": job["barcode"], "volume_serial": serial})
+    drive["studies"] = carried
+    drive["position"] += 1
+
+
+def tape_end_pass(state: dict[str, Any]) -> dict[str, Any]:
+    """Close a write pass: carry the studies that did not fit to the next cartridge, or stop the run."""
+    state = copy.deepcopy(state)
+    drives = {drive["index"]: drive for drive in state["drives"]}
+    for job in state["jobs"]:
+        drive = drives[job["index"]]
+        if job.get("export") is not None:
+            _fold_export(state, drive, job)
+        elif job["write_protected"] and not job.get("unmount_failed"):
+            state["skipped"].append(f"cartridge {job['barcode']} is write-protected and was left out; slide its "
+                                    "write-protect tab to writable or remove it from orthanc_archive_scratch_barcodes")
+            drive["position"] += 1
+        if job["error"] and not job["write_protected"] and not state["stop"]:
+            state["stop"] = job["error"]
+        elif job.get("unmount_failed") and not state["stop"]:
+            state["stop"] = job["error"]
+    state["pass"] += 1
+    state["jobs"] = []
+    return state
+
+
+def tape_begin_verify(state: dict[str, Any], round_number: int) -> dict[str, Any]:
+    """Start a verification round: each drive reads back its round_number-th written cartridge."""
+    state = copy.deepcopy(state)
+    state["jobs"] = []
+    for drive in state["drives"]:
+        if round_number >= len(drive["written"]):
+            continue
+        cartridge = drive["written"][round_number]
+        state["jobs"].append({
+            "index": drive["index"],
+            "device": drive["device"],
+            "element": drive["element"],
+            "mount_point": drive["mount_point"],
+            "barcode": cartridge["barcode"],
+            "studies": [],
+            "error": None,
+            "write_protected": False,
+            "loaded": False,
+            "mounted": False,
+            "formatted": False,
+            "blank": False,
+            "serial": cartridge["volume_serial"],
+        })
+    return state
+
+
+def tape_end_verify(state: dict[str, Any]) -> dict[str, Any]:
+    """Close a verification round: add up the verified copies and the copies that failed."""
+    state = copy.deepcopy(state)
+    for job in state["jobs"]:
+        verify = job.get("verify")
+        if verify is not None:
+            state["verified"] += int(verify.get("verified_count") or 0)
+            state["verified_bytes"] += int(verify.get("verified_bytes") or 0)
+            for failure in verify.get("failures") or []:
+                problems = failure.get("problems") or ["mismatch"]
+                state["failures"].append(f"verify: study {failure.get('orthanc_id')} on cartridge {job['barcode']} "
+                                         f"at {failure.get('path')}: {problems[0]}")
+        if job["error"]:
+            state["failures"].append(job["error"])
+    state["jobs"] = []
+    return state
+
+
+def tape_verify_rounds(state: dict[str, Any]) -> list[int]:
+    """Return the round numbers the verification needs: the most cartridges one drive wrote."""
+    return list(range(max((len(drive["written"]) for drive in state["drives"]), default=0)))
+
+
+def tape_result(result: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """Merge the tape run's counters, cartridges and failures into the role's orthanc_archive_result."""
+    merged = dict(result)
+    for key in ("archived", "archived_bytes", "already_archived", "changed_during_export", "verified",
+                "verified_bytes"):
+        merged[key] = state[key]
+    serials = [entry["volume_serial"] for entry in state["cartridges"] if entry["archived"]]
+    merged["volume_serial"] = ", ".join(serials) if serials else None
+    merged["volume_full"] = state["volume_full"]
+    merged["cartridges"] = state["cartridges"]
+    merged["cartridges_skipped"] = state["skipped"]
+    merged["failures"] = list(result.get("failures") or []) + state["failures"]
+    return merged
+
+
+class FilterModule:
+    """Cartridge planning filters of the orthanc_archive role."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "orthanc_archive_tape_start": tape_start,
+            "orthanc_archive_tape_begin_pass": tape_begin_pass,
+            "orthanc_archive_tape_note": tape_note,
+            "orthanc_archive_tape_end_pass": tape_end_pass,
+            "orthanc_archive_tape_begin_verify": tape_begin_verify,
+            "orthanc_archive_tape_end_verify": tape_end_verify,
+            "orthanc_archive_tape_verify_rounds": tape_verify_rounds,
+            "orthanc_archive_tape_result": tape_result,
+        }

@@ -1,0 +1,276 @@
+"""archive.yml on the tape layer: real ansible-playbook runs against a real Orthanc and the tape simulator.
+
+The simulated cartridges are small and keep a large part of their capacity for LTFS indexes, so
+LTFS's reported free space (which includes that part) lets a study start that then hits ENOSPC
+mid-write: the partial file stays on tape as dead space, and the study must land complete on the
+next cartridge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tapesim import library as tapesim_library
+from tapesim.fixture import Drive, TapeLibrary
+from tests.helpers_archive import put_study, wait_stable
+from tests.helpers_playbook import ArchiveSite, PlaybookRun, study_ids
+
+MIB = 1024 * 1024
+# A 6 MiB cartridge of which LTFS writes 4 MiB of data: three studies of about 1 MiB fit, the
+# fourth starts (LTFS still reports 2 MiB free) and fails with ENOSPC part way through.
+CARTRIDGE_BYTES = 6 * MIB
+INDEX_RESERVE_BYTES = 2 * MIB
+BARCODES = ["TAPE01L8", "TAPE02L8", "TAPE03L8", "TAPE04L8", "TAPE05L8"]
+SERVER = "pacs-tape"
+DEVICE_BASE = 40
+
+
+def build_tapes(state: Path, drives: int) -> TapeLibrary:
+    """Create a library whose device names no other test suite uses.
+
+    ltfs_volume and tape_changer find a drive's ltfs process by its devname on the whole host, so
+    another suite's simulated /dev/sg0 running at the same time would look like this drive in use.
+    """
+    tapesim_library.create_library(
+        state, drives=drives, slots=8, cartridges=BARCODES, capacity_bytes=CARTRIDGE_BYTES,
+        index_write_seconds=0.2, sync_write_seconds=0.01, index_reserve_bytes=INDEX_RESERVE_BYTES)
+    library_file = state / "library.json"
+    description = json.loads(library_file.read_text())
+    for drive in description["drives"]:
+        number = DEVICE_BASE + drive["index"]
+        drive.update(st=f"/dev/st{number}", nst=f"/dev/nst{number}", sg=f"/dev/sg{number}")
+    description["changer"]["sg"] = f"/dev/sg{DEVICE_BASE + 9}"
+    library_file.write_text(json.dumps(description, indent=2))
+    drive_list = [Drive(number=d["index"], st=d["st"], nst=d["nst"], sg=d["sg"]) for d in description["drives"]]
+    return TapeLibrary(state=state, env=tapesim_library.environment_for(state), drives=drive_list,
+                       changer=description["changer"]["sg"], barcodes=list(BARCODES))
+
+
+@pytest.fixture
+def drive_count() -> int:
+    return 1
+
+
+@pytest.fixture
+def tapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drive_count: int) -> Iterator[TapeLibrary]:
+    """A simulated library with drive_count drives; its tools are on PATH for the playbook runs."""
+    library = build_tapes(tmp_path / "tapesim", drive_count)
+    monkeypatch.setenv("PATH", library.env["PATH"])
+    monkeypatch.setenv("TAPESIM_STATE", str(library.state))
+    # One process per module instead of a copied file, as the fleet's tape hosts run them.
+    monkeypatch.setenv("ANSIBLE_PIPELINING", "1")
+    try:
+        yield library
+    finally:
+        library.cleanup()
+
+
+@pytest.fixture
+def site(tmp_path: Path, tapes: TapeLibrary) -> ArchiveSite:
+    site = ArchiveSite(tmp_path / "site")
+    site.settings.update({
+        "orthanc_archive_volume_kind": "ltfs",
+        "orthanc_archive_tape_changer": tapes.changer,
+        "orthanc_archive_tape_drives": [{"device": drive.sg, "drive": drive.number} for drive in tapes.drives],
+        "orthanc_archive_scratch_barcodes": BARCODES[:3],
+        "orthanc_archive_tape_unmount_timeout": 60,
+        "orthanc_archive_tape_poll_seconds": 1,
+    })
+    return site
+
+
+def put_studies(handle: Any, count: int) -> list[str]:
+    """Upload count studies of about 1 MiB each (two 512 x 512 16-bit CT slices), dated 2005."""
+    ids = [put_study(handle, "ct", study_date=f"2005{month:02d}01", seed=month, n_instances=2, rows=512,
+                     columns=512, n_series=1)
+           for month in range(1, count + 1)]
+    wait_stable(handle, ids)
+    return ids
+
+
+@pytest.fixture
+def orthanc_with(orthanc_factory: Callable[..., Any]) -> Callable[[int], tuple[Any, list[str]]]:
+    def start(count: int) -> tuple[Any, list[str]]:
+        handle = orthanc_factory()
+        return handle, put_studies(handle, count)
+    return start
+
+
+def copies(site: ArchiveSite) -> list[dict[str, Any]]:
+    with sqlite3.connect(site.catalog) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM copies ORDER BY id")]
+
+
+def deletions(site: ArchiveSite) -> list[dict[str, Any]]:
+    if not site.catalog.exists():
+        return []
+    with sqlite3.connect(site.catalog) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM deletions ORDER BY id")]
+
+
+def failed_output(run: PlaybookRun) -> str:
+    return run.output[-8000:]
+
+
+def remounted_after_write(tapes: TapeLibrary, barcode: str) -> bool:
+    """Tell whether the cartridge was mounted again after the last unmount that followed a data write."""
+    events = [event for event in tapes.events() if event.get("barcode") == barcode]
+    last_write = max((index for index, event in enumerate(events) if event["event"] == "index_written"), default=-1)
+    return any(event["event"] == "ltfs_mounted" for event in events[last_write + 1:])
+
+
+@pytest.mark.parametrize("drive_count", [2])
+def test_full_cartridge_continues_on_next(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any,
+                                          drive_count: int) -> None:
+    handle, ids = orthanc_with(8)
+    site.settings["orthanc_archive_scratch_barcodes"] = BARCODES[:4]
+    site.add_server(SERVER, handle.url)
+
+    run = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert run.returncode == 0, failed_output(run)
+    entry = run.server(SERVER)
+    assert entry["archived"] == 8
+    assert entry["verified"] == 8
+    assert entry["deleted"] == 8
+    assert study_ids(handle.url) == set()
+
+    # Each drive filled its first cartridge mid-study and went on to its second one.
+    used = {cartridge["barcode"]: cartridge for cartridge in entry["cartridges"]}
+    assert sorted(used) == BARCODES[:4]
+    assert used["TAPE01L8"]["full"] and used["TAPE02L8"]["full"]
+    assert used["TAPE01L8"]["partial_files"] == 1
+    assert used["TAPE01L8"]["drive"] == 0 and used["TAPE02L8"]["drive"] == 1
+
+    # The partial file is a failed copy; the same study is verified complete on the next cartridge.
+    rows = copies(site)
+    failed = [row for row in rows if row["state"] == "failed"]
+    assert len(failed) == 2
+    for row in failed:
+        assert "dead space" in row["failure"]
+        later = [other for other in rows if other["orthanc_study_id"] == row["orthanc_study_id"]
+                 and other["state"] == "verified"]
+        assert len(later) == 1
+        assert later[0]["volume_serial"] != row["volume_serial"]
+    assert sum(row["state"] == "verified" for row in rows) == 8
+
+    # Verified after a remount, and deleted only after that.
+    for barcode in BARCODES[:4]:
+        assert remounted_after_write(tapes, barcode), barcode
+    verified_at = {row["orthanc_study_id"]: row["verified_at"] for row in rows if row["state"] == "verified"}
+    for deletion in deletions(site):
+        assert deletion["deleted_at"] >= verified_at[deletion["orthanc_study_id"]]
+
+    # The two drives wrote at the same time: drive 1 was mounted before drive 0 unmounted.
+    events = tapes.events()
+    first_unmount = next(index for index, event in enumerate(events)
+                         if event["event"] == "ltfs_unmounted" and event["barcode"] == "TAPE01L8")
+    assert any(event["event"] == "ltfs_mounted" and event["barcode"] == "TAPE02L8" for event in events[:first_unmount])
+
+    # LTFS frees nothing on delete, and the catalog shows the cartridge's real free space.
+    assert used["TAPE01L8"]["available_bytes"] < 3 * MIB
+
+    second = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert second.returncode == 0, failed_output(second)
+    assert second.changed() == 0, failed_output(second)
+    assert second.server(SERVER)["selected"] == 0
+
+
+def test_pool_used_up_names_cartridge(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any) -> None:
+    handle, ids = orthanc_with(5)
+    site.settings["orthanc_archive_scratch_barcodes"] = ["TAPE01L8"]
+    site.add_server(SERVER, handle.url)
+
+    run = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert run.returncode != 0, failed_output(run)
+    entry = run.server(SERVER)
+    message = " ".join(entry["failures"])
+    assert "needs another scratch cartridge" in message
+    assert "TAPE01L8" in message
+    assert "2 studies were not written" in message
+    assert entry["deleted"] == 0
+    assert study_ids(handle.url) == set(ids)
+    assert deletions(site) == []
+    # What did fit was still verified after a remount, ready for the next run's reclaim.
+    assert sum(row["state"] == "verified" for row in copies(site)) == 3
+    assert remounted_after_write(tapes, "TAPE01L8")
+
+
+def test_write_protected_cartridge_is_skipped(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any) -> None:
+    handle, ids = orthanc_with(2)
+    tapes.set_write_protected("TAPE01L8")
+    site.add_server(SERVER, handle.url)
+
+    run = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert run.returncode == 0, failed_output(run)
+    entry = run.server(SERVER)
+    assert [cartridge["barcode"] for cartridge in entry["cartridges"]] == ["TAPE02L8"]
+    assert entry["deleted"] == 2
+    assert "cartridge TAPE01L8 is write-protected" in run.output
+    assert tapes.cartridge("TAPE01L8").get("formatted") in (False, None)
+
+
+def test_wrong_or_missing_cartridge_stops(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any) -> None:
+    handle, ids = orthanc_with(1)
+    site.add_server(SERVER, handle.url)
+
+    site.settings["orthanc_archive_scratch_barcodes"] = ["NOPE09L8"]
+    missing = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert missing.returncode != 0
+    assert "cartridge NOPE09L8 is not in the library" in " ".join(missing.server(SERVER)["failures"])
+
+    # TAPE02L8 carries the LTFS volume of another cartridge, as after a label mix-up.
+    tapes.run("mtx", "-f", tapes.changer, "load", "2", "0", check=True)
+    tapes.run("mkltfs", "-d", tapes.drives[0].sg, "-s", "OTHER1", check=False)
+    tapes.run("mtx", "-f", tapes.changer, "unload", "2", "0", check=True)
+    site.settings["orthanc_archive_scratch_barcodes"] = ["TAPE02L8"]
+    wrong = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert wrong.returncode != 0
+    message = " ".join(wrong.server(SERVER)["failures"])
+    assert "wrong cartridge" in message
+    assert "TAPE02L8" in message
+    assert study_ids(handle.url) == set(ids)
+    assert deletions(site) == []
+
+
+def leave_inconsistent(tapes: TapeLibrary, tmp_path: Path) -> None:
+    """Format TAPE01L8, write a file and kill ltfs before it writes an index: an unclean unmount."""
+    tapes.run("mtx", "-f", tapes.changer, "load", "1", "0", check=True)
+    tapes.run("mkltfs", "-d", tapes.drives[0].sg, "-s", "TAPE01", check=True)
+    mountpoint = tmp_path / "crash"
+    assert tapes.mount(0, mountpoint, "-o", "sync_type=unmount").returncode == 0
+    (mountpoint / "half-written.bin").write_bytes(b"x" * 4096)
+    os.kill(tapes.ltfs_pid(0), signal.SIGKILL)
+    tapes.cleanup()
+    tapes.run("mtx", "-f", tapes.changer, "unload", "1", "0", check=True)
+
+
+def test_unclean_unmount_needs_recover(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any,
+                                       tmp_path: Path) -> None:
+    handle, ids = orthanc_with(1)
+    leave_inconsistent(tapes, tmp_path)
+    site.add_server(SERVER, handle.url)
+
+    refused = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert refused.returncode != 0
+    message = " ".join(refused.server(SERVER)["failures"])
+    assert "inconsistent" in message
+    assert "recover=true" in message
+    assert study_ids(handle.url) == set(ids)
+    assert not any(record["argv"][0].endswith("ltfsck") for record in tapes.commands())
+
+    site.settings["orthanc_archive_tape_recover"] = True
+    recovered = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert recovered.returncode == 0, failed_output(recovered)
+    assert recovered.server(SERVER)["deleted"] == 1
+    assert [cartridge["barcode"] for cartridge in recovered.server(SERVER)["cartridges"]] == ["TAPE01L8"]
+    assert any(record["argv"][0].endswith("ltfsck") for record in tapes.commands())
