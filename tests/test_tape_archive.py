@@ -1,8 +1,8 @@
 """archive.yml on the tape layer: real ansible-playbook runs against a real Orthanc and the tape simulator.
 
-The simulated cartridges are small and keep a large part of their capacity for LTFS indexes, so
-LTFS's reported free space (which includes that part) lets a study start that then hits ENOSPC
-mid-write: the partial file stays on tape as dead space, and the study must land complete on the
+The simulated cartridges are small and keep a large part of their capacity for LTFS indexes.
+LTFS's reported free space includes that part, so a study can start and then hit ENOSPC
+mid-write. The partial file stays on tape as dead space, and the study must land complete on the
 next cartridge.
 """
 
@@ -149,7 +149,8 @@ def test_full_cartridge_continues_on_next(site: ArchiveSite, tapes: TapeLibrary,
     assert sorted(used) == BARCODES[:4]
     assert used["TAPE01L8"]["full"] and used["TAPE02L8"]["full"]
     assert used["TAPE01L8"]["partial_files"] == 1
-    assert used["TAPE01L8"]["drive"] == 0 and used["TAPE02L8"]["drive"] == 1
+    assert used["TAPE01L8"]["drive"] == 0
+    assert used["TAPE02L8"]["drive"] == 1
 
     # The partial file is a failed copy; the same study is verified complete on the next cartridge.
     rows = copies(site)

@@ -4,9 +4,9 @@
 """Filters that plan the cartridge passes of a tape run and fold the task results back into one state.
 
 tasks/volume_ltfs.yml keeps the whole tape run in one fact, orthanc_archive_tape, and changes it
-only through these filters, so the decisions (which cartridge goes into which drive next, which
-studies move on to the next cartridge, when the run must stop and which cartridge it needs) live
-here in plain Python instead of in Jinja.
+only through these filters. So the decisions live here in plain Python instead of in Jinja: which
+cartridge goes into which drive next, which studies move on to the next cartridge, and when the
+run must stop and which cartridge it needs.
 
 The state is a dict:
   drives   one entry per configured drive: index, device (what ltfs opens), element (mtx drive
@@ -23,7 +23,7 @@ from typing import Any
 
 # Export statuses whose study goes on to the next cartridge of the same drive.
 CARRIED_STATUSES = ("volume_full", "not_attempted")
-# LTFS message ID that ltfs prints when the medium holds no LTFS volume; ltfs_volume returns it in messages.
+# LTFS message ID that ltfs prints for a medium without an LTFS volume; ltfs_volume returns it in messages.
 NOT_FORMATTED_MESSAGE = "11009E"
 
 
@@ -68,10 +68,10 @@ def tape_start(study_ids: list[str], drives: list[dict[str, Any]], barcodes: lis
 
 def _needed_message(drive: dict[str, Any], has_changer: bool) -> str:
     remaining = len(drive["studies"])
-    used = ", ".join(drive["pool"]) or "none"
+    pool = ", ".join(drive["pool"]) or "none"
     if has_changer:
         return (f"drive {drive['element']} ({drive['device']}) needs another scratch cartridge: its share of "
-                f"orthanc_archive_scratch_barcodes ({used}) is used up and {remaining} studies were not written. "
+                f"orthanc_archive_scratch_barcodes ({pool}) is used up and {remaining} studies were not written. "
                 "Put a blank cartridge into the library, add its barcode to orthanc_archive_scratch_barcodes "
                 "and run again")
     if drive["position"] < 1:
@@ -128,7 +128,7 @@ def tape_note(state: dict[str, Any], registered: dict[str, Any] | None, step: st
               format_blank: bool = False) -> dict[str, Any]:
     """Record the outcome of one looped task (load, format, mount, export, verify, unmount, unload) per job.
 
-    With format_blank, a mount that fails because the cartridge holds no LTFS volume marks the job
+    With format_blank, a mount that fails because the cartridge has no LTFS volume marks the job
     blank instead of failed, so that the round formats the cartridge and mounts it again.
     """
     state = copy.deepcopy(state)
@@ -203,7 +203,7 @@ def _fold_export(state: dict[str, Any], drive: dict[str, Any], job: dict[str, An
 
     volume = export.get("volume") or {}
     serial = volume.get("serial") or job["serial"]
-    dead = sum(1 for entry in results if entry.get("status") == "volume_full" and "no space left" in
+    partial_files = sum(1 for entry in results if entry.get("status") == "volume_full" and "no space left" in
                str(entry.get("reason", "")))
     state["cartridges"].append({
         "barcode": job["barcode"],
@@ -212,7 +212,7 @@ def _fold_export(state: dict[str, Any], drive: dict[str, Any], job: dict[str, An
         "archived": archived,
         "archived_bytes": int(export.get("archived_bytes") or 0),
         "full": full,
-        "partial_files": dead,
+        "partial_files": partial_files,
         "available_bytes": volume.get("available_bytes"),
     })
     if archived > 0:
