@@ -69,6 +69,11 @@ options:
       - Stop at the first study that fails. When false, the failure is recorded and the next study is tried.
     type: bool
     default: false
+  barcode:
+    description:
+      - Barcode of the cartridge mounted at O(volume_path), recorded with its volume serial in the catalog's
+        C(volumes) table so that a restore can load the cartridge through the changer.
+    type: str
 seealso:
   - module: orthanc_study_info
   - module: archive_volume_verify
@@ -166,6 +171,7 @@ def main():
                                     "studies": {"type": "list", "elements": "str", "required": True},
                                     "log_path": {"type": "path"},
                                     "stop_on_error": {"type": "bool", "default": False},
+                                    "barcode": {"type": "str"},
                                 })
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
@@ -199,7 +205,7 @@ def main():
             result["results"] = check_mode_results(exporter, params["studies"])
         else:
             catalog.upsert_volume(volume.serial(), "ltfs" if volume.is_ltfs else "folder", volume.name(),
-                                  capacity_bytes=volume.capacity_bytes(), available_bytes=volume.available_bytes())
+                                  barcode=params["barcode"], capacity_bytes=volume.capacity_bytes(), available_bytes=volume.available_bytes())
             run_exports(module, exporter, params, result, log)
             volume.sync()
             catalog.upsert_volume(volume.serial(), "ltfs" if volume.is_ltfs else "folder",

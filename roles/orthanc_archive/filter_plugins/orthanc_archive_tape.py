@@ -11,9 +11,10 @@ run must stop and which cartridge it needs.
 The state is a dict:
   drives   one entry per configured drive: index, device (what ltfs opens), element (mtx drive
            number), mount_point, pool (its share of the scratch barcodes), position (next pool
-           entry), studies (Orthanc IDs still to write) and written (cartridges to verify)
+           entry), studies (Orthanc IDs still to write) and written (cartridges to verify). In a
+           restore, written lists the cartridges to restore from.
   jobs     the cartridges of the current pass, one per busy drive, with the outcome of each step
-  cartridges, skipped, counters, failures, stop, volume_full
+  cartridges, skipped, counters, failures, stop, volume_full, and restores in a restore
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ def tape_note(state: dict[str, Any], registered: dict[str, Any] | None, step: st
             # tape_mount.yml lets this failure through as ok, so that the round formats the cartridge.
             job["blank"] = True
             continue
+        if step == "restore":
+            # A failed restore still lists each study's status and reason, which the summary needs.
+            job["restore"] = {key: value for key, value in result.items()
+                              if key not in ("invocation", "item", "ansible_job_id", "results_file", "started")}
         if result.get("failed"):
             message = str(result.get("msg") or "failed without a message")
             if job["error"] is None:
@@ -243,7 +248,7 @@ def tape_end_pass(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def tape_begin_verify(state: dict[str, Any], round_number: int) -> dict[str, Any]:
-    """Start a verification round: each drive reads back its round_number-th written cartridge."""
+    """Start a verification or restore round: each drive reads its round_number-th cartridge of written."""
     state = copy.deepcopy(state)
     state["jobs"] = []
     for drive in state["drives"]:
@@ -256,7 +261,7 @@ def tape_begin_verify(state: dict[str, Any], round_number: int) -> dict[str, Any
             "element": drive["element"],
             "mount_point": drive["mount_point"],
             "barcode": cartridge["barcode"],
-            "studies": [],
+            "studies": list(cartridge.get("studies") or []),
             "error": None,
             "write_protected": False,
             "loaded": False,
@@ -269,9 +274,11 @@ def tape_begin_verify(state: dict[str, Any], round_number: int) -> dict[str, Any
 
 
 def tape_end_verify(state: dict[str, Any]) -> dict[str, Any]:
-    """Close a verification round: add up the verified copies and the copies that failed."""
+    """Close a verification or restore round: add up the verified copies, the restores and the failures."""
     state = copy.deepcopy(state)
     for job in state["jobs"]:
+        if job.get("restore") is not None:
+            _fold_restore(state, job)
         verify = job.get("verify")
         if verify is not None:
             state["verified"] += int(verify.get("verified_count") or 0)
@@ -284,6 +291,71 @@ def tape_end_verify(state: dict[str, Any]) -> dict[str, Any]:
             state["failures"].append(job["error"])
     state["jobs"] = []
     return state
+
+
+def _serial_of_barcode(barcode: str) -> str:
+    # mkltfs and ltfs_volume make the volume serial of the barcode's first six characters.
+    return barcode.strip().upper()[:6]
+
+
+def tape_restore_start(needed: list[dict[str, Any]], studies: list[dict[str, Any]], drives: list[dict[str, Any]],
+                       library_barcodes: list[str], mount_base: str) -> dict[str, Any]:
+    """Build the state of a restore: the cartridges to load, dealt out round-robin over the drives.
+
+    needed and studies are the cartridges_needed and studies of an orthanc_study_restore plan (check
+    mode). A cartridge is loaded only when one of its studies is missing from the target. A volume
+    serial without a barcode in the catalog takes the library's barcode that starts with it. The
+    state's stop names every cartridge that is not in the library or has no barcode, so that the
+    restore stops before any cartridge is loaded.
+    """
+    state = tape_start([], drives, [], True, mount_base)
+    state["restores"] = []
+    cartridges = []
+    missing = []
+    for entry in needed:
+        serial = entry["volume_serial"]
+        study_ids = [study["orthanc_id"] for study in studies
+                     if study.get("volume_serial") == serial and study.get("status") == "would restore"]
+        if not study_ids:
+            continue
+        barcode = entry.get("barcode")
+        if not barcode:
+            matches = sorted(code for code in library_barcodes if _serial_of_barcode(code) == serial.upper())
+            barcode = matches[0] if len(matches) == 1 else None
+        if barcode is None:
+            missing.append(f"volume serial {serial} (no barcode in the catalog, and the library holds no "
+                           "single cartridge whose barcode starts with it)")
+        elif barcode not in library_barcodes:
+            missing.append(f"{barcode} (volume serial {serial})")
+        cartridges.append({"barcode": barcode, "volume_serial": serial, "studies": study_ids})
+
+    if missing:
+        state["stop"] = (f"the restore needs cartridges that are not in the library: {', '.join(missing)}. "
+                         "Put them into free slots and run again; no cartridge was loaded and nothing was restored")
+        return state
+    count = len(state["drives"])
+    for index, cartridge in enumerate(cartridges):
+        state["drives"][index % count]["written"].append(cartridge)
+    return state
+
+
+def _fold_restore(state: dict[str, Any], job: dict[str, Any]) -> None:
+    restore = job["restore"]
+    entries = restore.get("studies") or []
+    state["restores"].append({
+        "barcode": job["barcode"],
+        "volume_serial": job["serial"],
+        "drive": job["element"],
+        "restored": int(restore.get("restored") or 0),
+        "present": int(restore.get("present") or 0),
+        "failed": int(restore.get("failed") or 0),
+        "instances_uploaded": int(restore.get("instances_uploaded") or 0),
+        "studies": entries,
+    })
+    for entry in entries:
+        if entry.get("status") == "failed":
+            state["failures"].append(f"restore: study {entry.get('orthanc_id')} from cartridge {job['barcode']}: "
+                                     f"{entry.get('reason', 'no reason given')}")
 
 
 def tape_verify_rounds(state: dict[str, Any]) -> list[int]:
@@ -318,5 +390,6 @@ class FilterModule:
             "orthanc_archive_tape_begin_verify": tape_begin_verify,
             "orthanc_archive_tape_end_verify": tape_end_verify,
             "orthanc_archive_tape_verify_rounds": tape_verify_rounds,
+            "orthanc_archive_tape_restore_start": tape_restore_start,
             "orthanc_archive_tape_result": tape_result,
         }

@@ -1,0 +1,191 @@
+"""restore.yml on the tape layer: real ansible-playbook runs against a real Orthanc and the tape simulator.
+
+archive.yml writes five studies of about 1 MiB to small simulated cartridges (the first fills
+up, so they span two), verifies and deletes them. restore.yml must then load each cartridge it
+needs through the changer, mount it read-only, restore every instance byte for byte, and return
+the cartridge to its slot.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tapesim import library as tapesim_library
+from tapesim.fixture import Drive, TapeLibrary
+from tests.helpers_archive import put_study, wait_stable
+from tests.helpers_playbook import ArchiveSite, PlaybookRun, study_ids
+from tests.helpers_restore import original_files
+
+MIB = 1024 * 1024
+BARCODES = ["RST001L8", "RST002L8", "RST003L8"]
+SERVER = "pacs-restore"
+# Device numbers no other suite uses: ltfs_volume and tape_changer find a drive's ltfs process by
+# its devname on the whole host.
+DEVICE_BASE = 60
+# Dates of the five studies. The last two, of 2006, land on the second cartridge.
+STUDY_DATES = ["20050101", "20050201", "20050301", "20060101", "20060201"]
+
+
+def build_tapes(state: Path) -> TapeLibrary:
+    """Create a one-drive library with a changer and three 6 MiB cartridges (4 MiB of data each)."""
+    tapesim_library.create_library(
+        state, drives=1, slots=8, cartridges=BARCODES, capacity_bytes=6 * MIB,
+        index_write_seconds=0.2, sync_write_seconds=0.01, index_reserve_bytes=2 * MIB)
+    library_file = state / "library.json"
+    description = json.loads(library_file.read_text())
+    for drive in description["drives"]:
+        number = DEVICE_BASE + drive["index"]
+        drive.update(st=f"/dev/st{number}", nst=f"/dev/nst{number}", sg=f"/dev/sg{number}")
+    description["changer"]["sg"] = f"/dev/sg{DEVICE_BASE + 9}"
+    library_file.write_text(json.dumps(description, indent=2))
+    drives = [Drive(number=d["index"], st=d["st"], nst=d["nst"], sg=d["sg"]) for d in description["drives"]]
+    return TapeLibrary(state=state, env=tapesim_library.environment_for(state), drives=drives,
+                       changer=description["changer"]["sg"], barcodes=list(BARCODES))
+
+
+@pytest.fixture
+def tapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TapeLibrary]:
+    library = build_tapes(tmp_path / "tapesim")
+    monkeypatch.setenv("PATH", library.env["PATH"])
+    monkeypatch.setenv("TAPESIM_STATE", str(library.state))
+    monkeypatch.setenv("ANSIBLE_PIPELINING", "1")
+    try:
+        yield library
+    finally:
+        library.cleanup()
+
+
+@pytest.fixture
+def archived(tmp_path: Path, tapes: TapeLibrary, orthanc_factory: Any) -> tuple[ArchiveSite, Any, dict[str, bytes]]:
+    """Archive, verify and delete five studies with archive.yml; return the site, Orthanc and the original files."""
+    handle = orthanc_factory()
+    ids = [put_study(handle, "ct", study_date=date, seed=index, n_instances=2, rows=512, columns=512, n_series=1)
+           for index, date in enumerate(STUDY_DATES, start=1)]
+    wait_stable(handle, ids)
+    originals = original_files(handle, ids)
+
+    site = ArchiveSite(tmp_path / "site")
+    site.settings.update({
+        "orthanc_archive_volume_kind": "ltfs",
+        "orthanc_archive_tape_changer": tapes.changer,
+        "orthanc_archive_tape_drives": [{"device": drive.sg, "drive": drive.number} for drive in tapes.drives],
+        "orthanc_archive_scratch_barcodes": BARCODES,
+        "orthanc_archive_tape_unmount_timeout": 60,
+        "orthanc_archive_tape_poll_seconds": 1,
+    })
+    site.add_server(SERVER, handle.url)
+    run = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert run.returncode == 0, run.output[-8000:]
+    assert run.server(SERVER)["deleted"] == len(ids)
+    assert study_ids(handle.url) == set()
+    return site, handle, originals
+
+
+def restore(site: ArchiveSite, extra_vars: dict[str, Any], *arguments: str) -> PlaybookRun:
+    return site.run("restore.yml", "-e", json.dumps(extra_vars), *arguments)
+
+
+def instance_files(handle: Any) -> dict[str, bytes]:
+    return original_files(handle, sorted(study_ids(handle.url)))
+
+
+def loads(tapes: TapeLibrary, since: int) -> list[str]:
+    """Return the mtx load commands run after the first since commands, as 'load SLOT DRIVE'."""
+    found = []
+    for command in tapes.commands()[since:]:
+        argv = [str(word) for word in command["argv"]]
+        if "load" in argv:
+            found.append(" ".join(argv[argv.index("load"):]))
+    return found
+
+
+def ltfs_mounts(tapes: TapeLibrary, since: int) -> list[list[str]]:
+    return [[str(word) for word in command["argv"]] for command in tapes.commands()[since:]
+            if Path(str(command["argv"][0])).name == "ltfs"]
+
+
+def drives_empty(tapes: TapeLibrary) -> bool:
+    status = tapes.run("mtx", "-f", tapes.changer, "status", check=True).stdout
+    return "Data Transfer Element 0:Empty" in status
+
+
+def volume_barcodes(site: ArchiveSite) -> dict[str, str | None]:
+    with sqlite3.connect(site.catalog) as connection:
+        return dict(connection.execute("SELECT serial, barcode FROM volumes"))
+
+
+def test_restore_loads_each_cartridge(archived: tuple[ArchiveSite, Any, dict[str, bytes]],
+                                      tapes: TapeLibrary) -> None:
+    site, handle, originals = archived
+    assert volume_barcodes(site) == {"RST001": "RST001L8", "RST002": "RST002L8"}
+    everything = {"restore_study_date_from": "20000101", "restore_study_date_to": "20101231"}
+
+    # Without a changer: a clear failure naming both cartridges, and nothing loaded or restored.
+    before = len(tapes.commands())
+    run = restore(site, {**everything, "orthanc_archive_tape_changer": ""})
+    assert run.returncode != 0
+    assert "RST001L8, RST002L8" in run.output, run.output[-4000:]
+    assert "no tape changer" in run.output
+    assert loads(tapes, before) == []
+    assert study_ids(handle.url) == set()
+
+    # Check mode lists the cartridges and loads nothing.
+    before = len(tapes.commands())
+    run = restore(site, everything, "--check")
+    assert run.returncode == 0, run.output[-4000:]
+    assert "Would load: RST001L8" in run.output
+    assert "RST002L8" in run.output
+    assert loads(tapes, before) == []
+    assert ltfs_mounts(tapes, before) == []
+    assert study_ids(handle.url) == set()
+
+    # A catalog written before barcodes were recorded: the changer's barcode that starts with the
+    # volume serial is loaded.
+    with sqlite3.connect(site.catalog) as connection:
+        connection.execute("UPDATE volumes SET barcode = NULL WHERE serial = 'RST002'")
+
+    before = len(tapes.commands())
+    events_before = len(tapes.events())
+    run = restore(site, everything)
+    assert run.returncode == 0, run.output[-8000:]
+    assert loads(tapes, before) == ["load 1 0", "load 2 0"]
+    mounts = ltfs_mounts(tapes, before)
+    assert len(mounts) == 2
+    for argv in mounts:
+        assert "ro" in argv[argv.index("-o") + 1].split(","), argv
+    assert drives_empty(tapes)
+    # Read-only mounts write no index, so the restore leaves the cartridges as the archive wrote them.
+    assert [event for event in tapes.events()[events_before:] if event["event"] == "index_written"] == []
+
+    restored = instance_files(handle)
+    assert set(restored) == set(originals)
+    for instance_id, data in originals.items():
+        assert restored[instance_id] == data, instance_id
+
+    # Everything is back, so a second run loads nothing and changes nothing.
+    before = len(tapes.commands())
+    again = restore(site, everything)
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed() == 0, again.output[-4000:]
+    assert loads(tapes, before) == []
+
+
+def test_restore_loads_only_needed_cartridge(archived: tuple[ArchiveSite, Any, dict[str, bytes]],
+                                             tapes: TapeLibrary) -> None:
+    site, handle, originals = archived
+
+    before = len(tapes.commands())
+    run = restore(site, {"restore_study_date_from": "20060101", "restore_study_date_to": "20061231"})
+    assert run.returncode == 0, run.output[-8000:]
+    assert loads(tapes, before) == ["load 2 0"]
+    assert drives_empty(tapes)
+    restored = instance_files(handle)
+    assert len(study_ids(handle.url)) == 2
+    for instance_id, data in restored.items():
+        assert originals[instance_id] == data, instance_id
