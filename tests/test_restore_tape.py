@@ -8,6 +8,7 @@ the cartridge to its slot.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -21,6 +22,11 @@ from tapesim.fixture import Drive, TapeLibrary
 from tests.helpers_archive import put_study, wait_stable
 from tests.helpers_playbook import ArchiveSite, PlaybookRun, study_ids
 from tests.helpers_restore import original_files
+
+_SPEC = importlib.util.spec_from_file_location(
+    "orthanc_archive_tape", Path(__file__).resolve().parents[1] / "roles/orthanc_archive/filter_plugins/orthanc_archive_tape.py")
+tape_filters = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(tape_filters)
 
 MIB = 1024 * 1024
 BARCODES = ["RST001L8", "RST002L8", "RST003L8"]
@@ -176,16 +182,63 @@ def test_restore_loads_each_cartridge(archived: tuple[ArchiveSite, Any, dict[str
     assert loads(tapes, before) == []
 
 
-def test_restore_loads_only_needed_cartridge(archived: tuple[ArchiveSite, Any, dict[str, bytes]],
-                                             tapes: TapeLibrary) -> None:
+def test_restore_damaged_container_unloads(archived: tuple[ArchiveSite, Any, dict[str, bytes]],
+                                          tapes: TapeLibrary) -> None:
     site, handle, originals = archived
+    with sqlite3.connect(site.catalog) as connection:
+        damaged_study, path = connection.execute(
+            "SELECT orthanc_study_id, path FROM copies WHERE state = 'verified' AND study_date = '20060101'").fetchone()
+    # Past the first member's pax and tar headers, inside the DICOM data of its first instance.
+    tapes.flip_byte("RST002L8", path, 4096)
 
     before = len(tapes.commands())
     run = restore(site, {"restore_study_date_from": "20060101", "restore_study_date_to": "20061231"})
-    assert run.returncode == 0, run.output[-8000:]
+    assert run.returncode != 0
+    assert f"restore: study {damaged_study} from cartridge RST002L8" in run.output, run.output[-8000:]
+    # Only the cartridge of the 2006 studies was loaded, and it went back to its slot after the failure.
     assert loads(tapes, before) == ["load 2 0"]
     assert drives_empty(tapes)
+
+    # The other 2006 study is back byte for byte, and no instance of the damaged one was uploaded.
     restored = instance_files(handle)
-    assert len(study_ids(handle.url)) == 2
+    assert damaged_study not in study_ids(handle.url)
+    assert len(study_ids(handle.url)) == 1
+    assert len(restored) == 2
     for instance_id, data in restored.items():
         assert originals[instance_id] == data, instance_id
+
+
+def plan_entry(serial: str, barcode: str | None) -> dict[str, Any]:
+    return {"volume_serial": serial, "barcode": barcode, "mounted": False, "studies": 1, "bytes": 1}
+
+
+def test_restore_plan_deals_cartridges() -> None:
+    needed = [plan_entry("AAA001", "AAA001L8"), plan_entry("AAA002", None), plan_entry("AAA003", "AAA003L8")]
+    studies = [
+        {"orthanc_id": "s1", "volume_serial": "AAA001", "status": "would restore"},
+        {"orthanc_id": "s2", "volume_serial": "AAA002", "status": "would restore"},
+        {"orthanc_id": "s3", "volume_serial": "AAA003", "status": "present"},
+    ]
+    drives = [{"device": "/dev/sg0", "drive": 0}, {"device": "/dev/sg1", "drive": 1}]
+    state = tape_filters.tape_restore_start(needed, studies, drives, ["AAA001L8", "AAA002L7", "AAA003L8"], "/mnt")
+
+    assert state["stop"] is None
+    # AAA003 contains only a study already in the target, so it is not loaded.
+    assert [[cartridge["barcode"] for cartridge in drive["written"]] for drive in state["drives"]] == \
+        [["AAA001L8"], ["AAA002L7"]]
+    assert state["drives"][1]["written"][0]["studies"] == ["s2"]
+
+    job = tape_filters.tape_begin_verify(state, 0)["jobs"][1]
+    assert job["studies"] == ["s2"]
+    assert job["mount_point"] == "/mnt/drive1"
+
+
+def test_restore_plan_stops_on_absent_cartridge() -> None:
+    needed = [plan_entry("AAA001", "AAA001L8"), plan_entry("AAA002", None)]
+    studies = [{"orthanc_id": "s1", "volume_serial": "AAA001", "status": "would restore"},
+               {"orthanc_id": "s2", "volume_serial": "AAA002", "status": "would restore"}]
+    state = tape_filters.tape_restore_start(needed, studies, [{"device": "/dev/sg0", "drive": 0}], ["BBB001L8"], "/mnt")
+
+    assert "AAA001L8 (volume serial AAA001)" in state["stop"]
+    assert "volume serial AAA002 (no barcode in the catalog" in state["stop"]
+    assert tape_filters.tape_verify_rounds(state) == []
