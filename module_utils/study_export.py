@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import hashlib
-import os
 import time
 from typing import Any, Callable, Iterator
 
