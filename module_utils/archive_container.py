@@ -336,21 +336,16 @@ def read_container(path: str, on_member: Callable[[str, int, str, str], None] | 
     return {"manifest": manifest, "members": members, "sha256": whole, "bytes": total}
 
 
-def verify_container(path: str, expected_sha256: str | None, instances: list[dict[str, Any]]) -> list[str]:
-    """Read a container back and compare it with the expected instances; return a list of problems.
+def compare_members(members: dict[str, dict[str, Any]], instances: list[dict[str, Any]],
+                    reference: str = "expected") -> list[str]:
+    """Compare read-back members with an expected instance list; return the problems found.
 
-    instances: dicts with member_name, size, md5 and sha256 (md5 as Orthanc reported it).
-    An empty list means every instance is present once with matching size and checksums, there is
-    no extra member, and the whole file matches expected_sha256 (when given).
+    reference names the source of the expectations in messages, for example "the manifest's".
     """
     problems: list[str] = []
-    drop_cache(path)
-    content = read_container(path)
-    members = content["members"]
     expected = {item["member_name"]: item for item in instances}
-
     if len(members) != len(expected):
-        problems.append(f"{len(members)} instances in the container, expected {len(expected)}")
+        problems.append(f"{len(members)} instances in the container, {reference} {len(expected)}")
     for name, item in expected.items():
         found = members.get(name)
         if found is None:
@@ -358,10 +353,23 @@ def verify_container(path: str, expected_sha256: str | None, instances: list[dic
             continue
         for field in ("size", "md5", "sha256"):
             if str(found[field]) != str(item[field]):
-                problems.append(f"instance member {name}: {field} {found[field]} does not match expected {item[field]}")
+                problems.append(f"instance member {name}: {field} {found[field]} does not match {reference} {item[field]}")
     for name in members:
         if name not in expected:
             problems.append(f"unexpected member {name}")
+    return problems
+
+
+def verify_container(path: str, expected_sha256: str | None, instances: list[dict[str, Any]]) -> list[str]:
+    """Read a container back and compare it with the expected instances; return a list of problems.
+
+    instances: dicts with member_name, size, md5 and sha256 (md5 as Orthanc reported it).
+    An empty list means every instance is present once with matching size and checksums, there is
+    no extra member, and the whole file matches expected_sha256 (when given).
+    """
+    drop_cache(path)
+    content = read_container(path)
+    problems = compare_members(content["members"], instances)
     if expected_sha256 and content["sha256"] != expected_sha256:
         problems.append(f"container SHA-256 {content['sha256']} does not match the catalog's {expected_sha256}")
     return problems

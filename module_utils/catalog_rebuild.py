@@ -17,7 +17,13 @@ import os
 from typing import Any, Callable
 
 from ansible.module_utils.archive_catalog import Catalog
-from ansible.module_utils.archive_container import MANIFEST_FORMAT, ContainerError, drop_cache, read_container
+from ansible.module_utils.archive_container import (
+    MANIFEST_FORMAT,
+    ContainerError,
+    compare_members,
+    drop_cache,
+    read_container,
+)
 from ansible.module_utils.archive_volume import ARCHIVE_ROOT, Volume
 from ansible.module_utils.orthanc_client import is_orthanc_id
 
@@ -106,24 +112,6 @@ def copy_from_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare_members(content: dict[str, Any], instances: list[dict[str, Any]]) -> list[str]:
-    """Compare a container's read-back with the manifest's instance list; return the problems found."""
-    problems = []
-    members = content["members"]
-    expected = {item["member_name"]: item for item in instances}
-    if len(members) != len(expected):
-        problems.append(f"{len(members)} instances in the container, the manifest lists {len(expected)}")
-    for name, item in expected.items():
-        found = members.get(name)
-        if found is None:
-            problems.append(f"instance member {name} is missing")
-            continue
-        for field in ("size", "md5", "sha256"):
-            if str(found[field]) != str(item[field]):
-                problems.append(f"instance member {name}: {field} {found[field]} does not match the manifest's {item[field]}")
-    return problems
-
-
 class CatalogRebuilder:
     """Add to a catalog the copies found on volumes, as written, or verified after a full read-back."""
 
@@ -198,7 +186,7 @@ class CatalogRebuilder:
                     content = None
                     problems.append(str(exc))
             if content is not None:
-                problems.extend(compare_members(content, manifest["instances"]))
+                problems.extend(compare_members(content["members"], manifest["instances"], "the manifest's"))
                 sha256 = content["sha256"]
                 if content["manifest"].get("content_key") != study["content_key"]:
                     problems.append("the manifest inside the container differs from the one beside it")
