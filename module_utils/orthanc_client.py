@@ -4,7 +4,7 @@
 """Orthanc REST client shared by every module of this project.
 
 The client speaks only the documented REST API of Orthanc 1.10.1 and later. It retries connection
-errors and 5xx answers with exponential backoff, asks for uncompressed answers (Orthanc otherwise
+errors and 5xx responses with exponential backoff, requests uncompressed responses (Orthanc otherwise
 gzips them, which costs CPU on both ends and hides Content-Length), and never puts credentials in
 exceptions or logs.
 """
@@ -43,7 +43,7 @@ CONNECTION_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "retry_backoff": {"type": "float", "default": 1.0},
 }
 
-# How many resources one /tools/find or /studies call asks for at most.
+# Maximum number of resources one /tools/find or /studies call requests.
 DEFAULT_PAGE_SIZE = 500
 
 CHUNK_SIZE = 1024 * 1024
@@ -58,7 +58,7 @@ class OrthancError(Exception):
 
 
 class OrthancNotFound(OrthancError):
-    """Orthanc answered 404 for a resource."""
+    """Orthanc returned 404 for a resource."""
 
 
 def is_orthanc_id(value: Any) -> bool:
@@ -81,7 +81,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 
 class OrthancFeatures:
-    """What the connected Orthanc supports, read from /system."""
+    """Features of the connected Orthanc, read from /system."""
 
     def __init__(self, system: dict[str, Any]):
         self.version_text = str(system.get("Version", ""))
@@ -169,10 +169,10 @@ class OrthancClient:
     # -- transport ------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, expected: tuple[int, ...] = (200,), **kwargs: Any) -> "requests.Response":
-        """Send one request, retrying connection errors, timeouts and 5xx answers with backoff.
+        """Send one request, retrying connection errors, timeouts and 5xx responses with backoff.
 
         Retrying is safe for every call this project makes: GETs, the read-only /tools/find POST,
-        and DELETEs (deleting a resource that is already gone answers 404, which callers handle).
+        and DELETEs (deleting a resource that is already gone returns 404, which callers handle).
         """
         kwargs.setdefault("timeout", self.timeout)
         attempt = 0

@@ -46,7 +46,7 @@ class Reclaimer:
         self.log = log
 
     def current_state(self, study_id: str) -> dict[str, Any] | None:
-        """Return what Orthanc holds now for a study, or None when the study is gone."""
+        """Return the study's current patient, LastUpdate and instances in Orthanc, or None when it is gone."""
         try:
             study = self.client.study(study_id)
             last_update = self.client.study_last_update(study_id)
