@@ -186,7 +186,7 @@ class OrthancClient:
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
-                # ChunkedEncodingError: the connection closed before the whole answer body arrived.
+                # ChunkedEncodingError: the connection closed before the whole response body arrived.
                 if attempt >= self.retries:
                     raise OrthancError(
                         f"{method} {path} on {self.url} failed after {attempt + 1} attempts: "
