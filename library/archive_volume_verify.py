@@ -11,8 +11,9 @@ short_description: Read containers back from an archive volume and mark the good
 description:
   - Reads back every container that the catalog lists on the mounted volume (in state C(written), or
     also C(verified) ones with O(scope=all)), in the order of their position on tape when LTFS reports
-    it, and compares the instance count, every instance's size, MD5 and SHA-256, and the container's
-    SHA-256 with the catalog.
+    it, and compares the instance count, every instance's size and SHA-256, and the container's
+    SHA-256 with the catalog. The instance SHA-256 was computed when the instance was written, from
+    the downloaded bytes whose size and MD5 matched what Orthanc stored.
   - A copy that matches becomes C(verified), the only state that allows M(orthanc_study_reclaim) to
     delete the study from Orthanc. A copy that does not match becomes C(failed) and counts for nothing.
   - Run it after the volume was unmounted and mounted again, so that the data comes from the tape and

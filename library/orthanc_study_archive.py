@@ -16,9 +16,10 @@ description:
   - Downloads instances over O(connections) keep-alive connections into a buffer of at most
     O(buffer_bytes) while one writer appends them in order, so memory stays flat whatever the study size.
   - Writes strictly sequentially under a temporary name, fsyncs, then renames.
-  - Checks every downloaded instance against the size and MD5 that Orthanc stored, checks after
+  - Checks every downloaded instance against the size and MD5 that Orthanc stored (the MD5 comes
+    with the download, in the ETag of C(/instances/{id}/attachments/dicom/data)), checks after
     writing that Orthanc still reports the same instance count and LastUpdate, then reads the container
-    back and compares every instance's checksums before it records the copy as C(written) in the catalog.
+    back and compares every instance's size and SHA-256 before it records the copy as C(written) in the catalog.
     A copy becomes C(verified) only through M(archive_volume_verify), after the volume was remounted.
   - A study whose current content already has a written or verified copy on this volume (or on
     O(required_copies) volumes) is not written again and reports C(changed=false).

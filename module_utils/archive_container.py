@@ -279,12 +279,14 @@ def _padded(size: int) -> int:
     return (size + 511) // 512 * 512
 
 
-def read_container(path: str, on_member: Callable[[str, int, str, str], None] | None = None) -> dict[str, Any]:
+def read_container(path: str, with_md5: bool = False) -> dict[str, Any]:
     """Read a container sequentially; return its manifest, per-member checksums and whole-file SHA-256.
 
-    Every member is read to the end and hashed; on_member(name, size, md5, sha256) is called for
-    each instance member. Raises ContainerError if the tar is damaged or has no manifest. The tar
-    headers are parsed with tarfile.TarInfo.frombuf, which checks each header's checksum.
+    Every member is read to the end and hashed with SHA-256, and with MD5 too when with_md5 is set.
+    The SHA-256 alone proves that a member holds the bytes written: the writer computed it from the
+    same bytes whose MD5 it had checked against Orthanc's. Raises ContainerError if the tar is
+    damaged or has no manifest. The tar headers are parsed with tarfile.TarInfo.frombuf, which
+    checks each header's checksum.
     """
     members: dict[str, dict[str, Any]] = {}
     manifest: dict[str, Any] | None = None
@@ -311,9 +313,9 @@ def read_container(path: str, on_member: Callable[[str, int, str, str], None] | 
                 if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                     raise ContainerError(f"unexpected non-file member {name!r}")
 
-                md5 = hashlib.md5()
+                md5 = hashlib.md5() if with_md5 else None
                 sha256 = hashlib.sha256()
-                sinks: list[Callable[[Any], None]] = [md5.update, sha256.update]
+                sinks: list[Callable[[Any], None]] = [sha256.update] + ([md5.update] if md5 else [])
                 manifest_data = bytearray() if name.endswith("/" + MANIFEST_NAME) else None
                 if manifest_data is not None:
                     sinks.append(manifest_data.extend)
@@ -322,9 +324,9 @@ def read_container(path: str, on_member: Callable[[str, int, str, str], None] | 
                 if manifest_data is not None:
                     manifest = json.loads(bytes(manifest_data).decode("utf-8"))
                     continue
-                members[name] = {"size": size, "md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
-                if on_member:
-                    on_member(name, size, md5.hexdigest(), sha256.hexdigest())
+                members[name] = {"size": size, "sha256": sha256.hexdigest()}
+                if md5:
+                    members[name]["md5"] = md5.hexdigest()
             # The end-of-archive blocks and the record padding count in the whole-file hash too.
             scanner.drain()
             total = scanner.total
@@ -352,7 +354,7 @@ def compare_members(members: dict[str, dict[str, Any]], instances: list[dict[str
             problems.append(f"instance member {name} is missing")
             continue
         for field in ("size", "md5", "sha256"):
-            if str(found[field]) != str(item[field]):
+            if field in found and str(found[field]) != str(item[field]):
                 problems.append(f"instance member {name}: {field} {found[field]} does not match {reference} {item[field]}")
     for name in members:
         if name not in expected:
@@ -363,8 +365,8 @@ def compare_members(members: dict[str, dict[str, Any]], instances: list[dict[str
 def verify_container(path: str, expected_sha256: str | None, instances: list[dict[str, Any]]) -> list[str]:
     """Read a container back and compare it with the expected instances; return a list of problems.
 
-    instances: dicts with member_name, size, md5 and sha256 (md5 as Orthanc reported it).
-    An empty list means every instance is present once with matching size and checksums, there is
+    instances: dicts with member_name, size and sha256 (other keys are ignored).
+    An empty list means every instance is present once with matching size and SHA-256, there is
     no extra member, and the whole file matches expected_sha256 (when given).
     """
     drop_cache(path)

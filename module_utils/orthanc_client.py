@@ -72,6 +72,17 @@ def require_orthanc_id(value: Any, what: str = "resource") -> str:
     return value
 
 
+def etag_md5(etag: str | None) -> str | None:
+    """Return the MD5 of an attachment ETag such as "3-0123...cdef", or None when it carries none."""
+    if not etag:
+        return None
+    _, separator, md5 = etag.strip().strip('"').rpartition("-")
+    md5 = md5.lower()
+    if not separator or len(md5) != 32 or any(character not in "0123456789abcdef" for character in md5):
+        return None
+    return md5
+
+
 def parse_version(text: str) -> tuple[int, ...]:
     """Parse an Orthanc version such as '1.10.1'; 'mainline' and unknown strings sort last."""
     parts = re.findall(r"\d+", text or "")
@@ -270,6 +281,13 @@ class OrthancClient:
                 return
             since += page_size
 
+    def find_study_ids(self, query: dict[str, str], limit: int) -> list[str]:
+        """Return the IDs of at most limit studies matching a /tools/find query, without their tags."""
+        page = self.post_json("/tools/find", {"Level": "Study", "Query": query, "Limit": limit})
+        if not isinstance(page, list):
+            raise OrthancError(f"/tools/find on {self.url} returned {type(page).__name__}, expected a list")
+        return [item for item in page if isinstance(item, str)]
+
     def list_studies(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict[str, Any]]:
         """Yield every study, expanded, through /studies?expand&since&limit."""
         since = 0
@@ -318,6 +336,18 @@ class OrthancClient:
     def open_instance_file(self, instance_id: str) -> "requests.Response":
         """Open a streaming download of the stored DICOM file; the caller closes the response."""
         return self.request("GET", f"/instances/{require_orthanc_id(instance_id, 'instance')}/file", stream=True)
+
+    def open_instance_attachment(self, instance_id: str) -> tuple["requests.Response", str | None]:
+        """Open a streaming download of the stored DICOM file with the MD5 that Orthanc stored for it.
+
+        /attachments/dicom/data answers with an ETag "REVISION-MD5" built from the attachment's
+        stored UncompressedMD5 (Orthanc 1.9.2+), so one request gives the file and the checksum to
+        check it against. The MD5 is None when the ETag is absent or carries none (StoreMD5ForAttachments false):
+        the caller then asks instance_attachment_info(). The caller closes the response.
+        """
+        response = self.request("GET", f"/instances/{require_orthanc_id(instance_id, 'instance')}/attachments/dicom/data",
+                                stream=True)
+        return response, etag_md5(response.headers.get("ETag"))
 
     def upload_instance(self, data: bytes) -> dict[str, Any]:
         response = self.request("POST", "/instances", data=data,

@@ -123,38 +123,79 @@ class Policy:
         }
 
 
-def _date_windows(policy: Policy) -> Iterator[str]:
-    """Yield /tools/find StudyDate ranges that cover every date before the cutoff, oldest first."""
+# A date window that matches more studies than this is split (a year into months, a month into
+# days) before its studies are read with their tags, so a batch reads about as many studies as it
+# needs, however many the server holds.
+SPLIT_WINDOW_ABOVE = 200
+
+
+def _date_windows(policy: Policy) -> Iterator[tuple[datetime.date | None, datetime.date]]:
+    """Yield (first day, last day) windows that cover every date before the cutoff, oldest first.
+
+    The first window has no first day: it holds everything before oldest_year.
+    """
     last_day = policy.cutoff - datetime.timedelta(days=1)
     first_window_end = datetime.date(policy.oldest_year - 1, 12, 31)
     if last_day <= first_window_end:
-        yield "-" + last_day.strftime("%Y%m%d")
+        yield None, last_day
         return
-    yield "-" + first_window_end.strftime("%Y%m%d")
+    yield None, first_window_end
     for year in range(policy.oldest_year, last_day.year + 1):
-        end = min(datetime.date(year, 12, 31), last_day)
-        yield f"{year}0101-{end.strftime('%Y%m%d')}"
+        yield datetime.date(year, 1, 1), min(datetime.date(year, 12, 31), last_day)
+
+
+def _split_window(first: datetime.date, last: datetime.date) -> list[tuple[datetime.date, datetime.date]]:
+    """Split a window of several months into months, and a window inside one month into days."""
+    parts = []
+    if (first.year, first.month) == (last.year, last.month):
+        day = first
+        while day <= last:
+            parts.append((day, day))
+            day += datetime.timedelta(days=1)
+        return parts
+    start = first
+    while start <= last:
+        next_month = (start.replace(day=1) + datetime.timedelta(days=32)).replace(day=1)
+        parts.append((start, min(next_month - datetime.timedelta(days=1), last)))
+        start = next_month
+    return parts
+
+
+def _window_studies(client: OrthancClient, policy: Policy, first: datetime.date | None,
+                    last: datetime.date) -> Iterator[dict[str, Any]]:
+    """Yield the expanded studies of one window, oldest first, splitting the window while it is crowded."""
+    query = {"StudyDate": ("" if first is None else first.strftime("%Y%m%d")) + "-" + last.strftime("%Y%m%d")}
+    if first is not None:
+        # Counting costs Orthanc an ID per study; reading a study with its tags costs far more.
+        matches = len(client.find_study_ids(query, limit=SPLIT_WINDOW_ABOVE + 1))
+        if matches == 0:
+            return
+        if matches > SPLIT_WINDOW_ABOVE and first < last:
+            for part_first, part_last in _split_window(first, last):
+                yield from _window_studies(client, policy, part_first, part_last)
+            return
+    dated = []
+    for study in client.find_studies(query, page_size=policy.page_size):
+        study_date = parse_dicom_date((study.get("MainDicomTags") or {}).get("StudyDate"))
+        # Orthanc's range match is textual, so only a real date before the cutoff counts. A date after
+        # today is a wrong value, not an old study, even when before_date lies in the future.
+        if study_date is not None and study_date < policy.cutoff and study_date <= policy.today:
+            dated.append((study_date, study.get("ID", ""), study))
+    dated.sort(key=lambda item: (item[0], item[1]))
+    for _, _, study in dated:
+        yield study
 
 
 def candidates_by_study_date(client: OrthancClient, policy: Policy) -> Iterator[dict[str, Any]]:
     """Yield expanded studies older than the cutoff by StudyDate, oldest first.
 
     Orthanc before 1.12.5 cannot sort, so the range is read window by window (everything before
-    oldest_year, then one year at a time) and each window is sorted here. Reading stops as soon as
-    the caller stops iterating, so the cost follows the batch, not the size of the server.
+    oldest_year, then one year at a time, split into months and days where crowded) and each window
+    is sorted here. Reading stops as soon as the caller stops iterating, so the cost follows the
+    batch, not the size of the server.
     """
-    for window in _date_windows(policy):
-        studies = list(client.find_studies({"StudyDate": window}, page_size=policy.page_size))
-        dated = []
-        for study in studies:
-            study_date = parse_dicom_date((study.get("MainDicomTags") or {}).get("StudyDate"))
-            # Orthanc's range match is textual, so only a real date before the cutoff counts. A date after
-            # today is a wrong value, not an old study, even when before_date lies in the future.
-            if study_date is not None and study_date < policy.cutoff and study_date <= policy.today:
-                dated.append((study_date, study.get("ID", ""), study))
-        dated.sort(key=lambda item: (item[0], item[1]))
-        for _, _, study in dated:
-            yield study
+    for first, last in _date_windows(policy):
+        yield from _window_studies(client, policy, first, last)
 
 
 def candidates_by_reception(client: OrthancClient, policy: Policy) -> Iterator[dict[str, Any]]:
@@ -229,8 +270,6 @@ class Selector:
         selected: list[dict[str, Any]] = []
         total_bytes = 0
         for study in candidates:
-            if policy.max_studies and len(selected) >= policy.max_studies:
-                break
             entry = self._evaluate(study, features.has_labels)
             if entry is None:
                 continue
@@ -242,6 +281,9 @@ class Selector:
                 break
             selected.append(entry)
             total_bytes += size
+            # Stop before the next candidate is read: reading it may cost a whole date window.
+            if policy.max_studies and len(selected) >= policy.max_studies:
+                break
         return selected
 
     def _evaluate(self, study: dict[str, Any], has_labels: bool) -> dict[str, Any] | None:

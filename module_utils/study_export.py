@@ -339,25 +339,32 @@ class StudyExporter:
 
     # -- downloads ------------------------------------------------------------------------------
 
-    def _stored_md5(self, instance_id: str, info: dict[str, Any]) -> str:
+    def _stored_checksum(self, item: dict[str, Any], etag_md5: str | None) -> tuple[str, int]:
+        """Return the MD5 and size that Orthanc stored for an instance's DICOM file.
+
+        The MD5 comes from the download's ETag when it carries one, else from the attachment's info;
+        the size comes from the instance list, which Orthanc reads from the same attachment record.
+        """
+        if etag_md5:
+            return etag_md5, int(item["FileSize"])
+        info = self.client.instance_attachment_info(item["ID"])
         md5 = info.get("UncompressedMD5") or ""
         if not md5:
             raise ExportError(
-                f"Orthanc stores no MD5 for instance {instance_id}, so the copy cannot be checked against it: "
-                "set StoreMD5 to true in Orthanc's configuration (the default) and store the study again"
+                f"Orthanc stores no MD5 for instance {item['ID']}, so the copy cannot be checked against it: "
+                "set StoreMD5ForAttachments to true in Orthanc's configuration (the default) and store the study again"
             )
-        return md5
+        return md5, int(info.get("UncompressedSize", item["FileSize"]))
 
-    def _download(self, instance_id: str) -> _Download:
-        info = self.client.instance_attachment_info(instance_id)
-        expected_md5 = self._stored_md5(instance_id, info)
-        expected_size = int(info.get("UncompressedSize", -1))
-        response = self.client.open_instance_file(instance_id)
+    def _download(self, item: dict[str, Any]) -> _Download:
+        instance_id = item["ID"]
+        response, etag_md5 = self.client.open_instance_attachment(instance_id)
         try:
             # One read of the whole body: response.content would join it from 10 kB pieces.
             data = response.raw.read(decode_content=True)
         finally:
             response.close()
+        expected_md5, expected_size = self._stored_checksum(item, etag_md5)
         if len(data) != expected_size:
             raise ExportError(f"instance {instance_id}: received {len(data)} bytes, Orthanc stores {expected_size}")
         actual = hashlib.md5(data).hexdigest()
@@ -366,10 +373,12 @@ class StudyExporter:
         return _Download(data, expected_md5, hashlib.sha256(data).hexdigest())
 
     def _open_stream(self, item: dict[str, Any]) -> tuple[str, int, Iterator[bytes], Any]:
-        info = self.client.instance_attachment_info(item["ID"])
-        md5 = self._stored_md5(item["ID"], info)
-        size = int(info.get("UncompressedSize", item["FileSize"]))
-        response = self.client.open_instance_file(item["ID"])
+        response, etag_md5 = self.client.open_instance_attachment(item["ID"])
+        try:
+            md5, size = self._stored_checksum(item, etag_md5)
+        except BaseException:
+            response.close()
+            raise
         return md5, size, response.iter_content(chunk_size=1024 * 1024), response
 
     def _fetch_in_order(self, instances: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
@@ -396,7 +405,7 @@ class StudyExporter:
                         if in_flight and in_flight + size > self.buffer_bytes:
                             break
                         in_flight += size
-                        pending[next_to_submit] = pool.submit(self._download, instances[next_to_submit]["ID"])
+                        pending[next_to_submit] = pool.submit(self._download, instances[next_to_submit])
                         next_to_submit += 1
 
                     if index in pending:

@@ -59,7 +59,7 @@ def split_expected(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], di
 def test_round_trip_checksums(tmp_path: Path) -> None:
     path = tmp_path / "study.tar"
     instances, container = split_expected(write_container(path))
-    content = read_container(str(path))
+    content = read_container(str(path), with_md5=True)
 
     assert content["manifest"]["format"] == "test"
     assert content["bytes"] == path.stat().st_size == container["bytes"]
@@ -187,11 +187,11 @@ def test_wrong_expected_checksum_reported(tmp_path: Path) -> None:
     path = tmp_path / "study.tar"
     instances, container = split_expected(write_container(path))
     changed = [dict(item) for item in instances]
-    changed[0]["md5"] = "0" * 32
+    changed[0]["sha256"] = "0" * 64
 
     problems = verify_container(str(path), "f" * 64, changed)
 
-    assert any(problem.startswith(f"instance member {instances[0]['member_name']}: md5") for problem in problems)
+    assert any(problem.startswith(f"instance member {instances[0]['member_name']}: sha256") for problem in problems)
     assert any("does not match the catalog's" in problem for problem in problems)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 import helpers_archive as h
-from ansible.module_utils.orthanc_client import OrthancClient, OrthancError, OrthancNotFound
+from ansible.module_utils.orthanc_client import OrthancClient, OrthancError, OrthancNotFound, etag_md5
 
 USER = "reader"
 PASSWORD = "Client-Secret-7c21"
@@ -56,6 +57,32 @@ def test_instance_file_matches_orthanc(server: dict[str, Any]) -> None:
     assert data == handle.session.get(f"{handle.url}/instances/{first['ID']}/file", timeout=30).content
     assert len(data) == int(info["UncompressedSize"])
     assert info["UncompressedMD5"]
+
+
+def test_attachment_download_carries_stored_md5(server: dict[str, Any]) -> None:
+    client = server["client"]
+    [first, *_] = client.study_instances(server["study"])
+    info = client.instance_attachment_info(first["ID"])
+
+    response, md5 = client.open_instance_attachment(first["ID"])
+    data = response.raw.read(decode_content=True)
+    response.close()
+
+    assert md5 == info["UncompressedMD5"] == hashlib.md5(data).hexdigest()
+    assert len(data) == int(info["UncompressedSize"]) == int(first["FileSize"])
+
+
+@pytest.mark.parametrize(("etag", "expected"), [
+    ('"0-7d5411eb01f192a41d4de500a3b6db47"', "7d5411eb01f192a41d4de500a3b6db47"),
+    ('"12-7D5411EB01F192A41D4DE500A3B6DB47"', "7d5411eb01f192a41d4de500a3b6db47"),
+    ('"0-"', None),
+    ("7d5411eb01f192a41d4de500a3b6db47", None),
+    ('"0-7d5411eb01f192a41d4de500a3b6db4"', None),
+    ('"0-7d5411eb01f192a41d4de500a3b6db4z"', None),
+    (None, None),
+])
+def test_etag_md5(etag: str | None, expected: str | None) -> None:
+    assert etag_md5(etag) == expected
 
 
 def test_study_reads(server: dict[str, Any]) -> None:

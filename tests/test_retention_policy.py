@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import helpers_archive as h
+from ansible.module_utils import retention_policy
 from ansible.module_utils.retention_policy import Policy, PolicyError, Selector, oldest_studies
 from tools.demo_data import Patient
 
@@ -243,7 +244,8 @@ def test_paging_returns_every_study_once(seven_studies: dict[str, Any], age_basi
 
     def recording(path: str, *args: Any, **kwargs: Any) -> Any:
         answer = original(path, *args, **kwargs)
-        if path in ("/tools/find", "/studies") and answer:
+        # Only pages of expanded studies count: the ID-only finds that size a date window are not pages.
+        if path in ("/tools/find", "/studies") and answer and isinstance(answer[0], dict):
             page_lengths.append(len(answer))
         return answer
 
@@ -258,6 +260,32 @@ def test_paging_returns_every_study_once(seven_studies: dict[str, Any], age_basi
     assert len(selected) == len(set(selected))
     assert max(page_lengths) == 2
     assert sum(page_lengths) == 7
+
+
+def test_crowded_window_is_split_and_read_only_as_far_as_needed(seven_studies: dict[str, Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # With at most two studies per window, 2001 splits into months and January into days, so a batch
+    # of three reads the tags of three studies, not of the whole year.
+    monkeypatch.setattr(retention_policy, "SPLIT_WINDOW_ABOVE", 2)
+    client = seven_studies["client"]
+    expanded: list[str] = []
+    original = client.post_json
+
+    def recording(path: str, body: Any) -> Any:
+        answer = original(path, body)
+        if body.get("Expand"):
+            expanded.extend(study["ID"] for study in answer)
+        return answer
+
+    monkeypatch.setattr(client, "post_json", recording)
+    selected, _ = select(client, before_date="2002-01-01", max_studies=3)
+    assert selected == seven_studies["ids"][:3]
+    assert expanded == seven_studies["ids"][:3]
+
+    expanded.clear()
+    selected, _ = select(client, before_date="2002-01-01", max_studies=0)
+    assert selected == seven_studies["ids"]
+    assert sorted(expanded) == sorted(seven_studies["ids"])
 
 
 def test_oldest_studies_returns_both_lists(seven_studies: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import json
 import subprocess
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,13 +176,13 @@ class ChangingExporter(StudyExporter):
         self.lock = threading.Lock()
         self.added: dict[str, str] | None = None
 
-    def _download(self, instance_id: str) -> _Download:
+    def _download(self, item: dict[str, Any]) -> _Download:
         with self.lock:
             self.downloads += 1
             if self.downloads == 2 and self.added is None:
-                study_id = self.handle.get_json(f"/instances/{instance_id}/study")["ID"]
+                study_id = self.handle.get_json(f"/instances/{item['ID']}/study")["ID"]
                 self.added = demo_data.add_instance_to_study(self.handle.url, study_id, auth=self.handle.auth)
-        return super()._download(instance_id)
+        return super()._download(item)
 
 
 def test_change_during_export_fails_copy(orthanc: Any, tmp_path: Path) -> None:
@@ -215,12 +215,12 @@ class CountingExporter(StudyExporter):
         self.prefetched: list[str] = []
         self.streamed: list[str] = []
 
-    def _download(self, instance_id: str) -> _Download:
-        download = super()._download(instance_id)
+    def _download(self, item: dict[str, Any]) -> _Download:
+        download = super()._download(item)
         with self.lock:
             self.buffered_bytes += len(download.data)
             self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
-            self.prefetched.append(instance_id)
+            self.prefetched.append(item["ID"])
         return download
 
     def _open_stream(self, item: dict[str, Any]) -> Any:
@@ -347,3 +347,20 @@ def test_invalid_study_id_rejected(bench: dict[str, Any]) -> None:
 
     with pytest.raises(Exception, match=r"invalid Orthanc study ID '\.\./etc'"):
         exporter.export("../etc")
+
+
+def test_study_stored_without_md5_is_refused(orthanc_factory: Callable[..., Any], tmp_path: Path) -> None:
+    # With StoreMD5 false the download's ETag carries no MD5 and neither does the attachment's info,
+    # so nothing can prove that the copy matches what Orthanc stored.
+    server = orthanc_factory(extra_config={"StoreMD5ForAttachments": False})
+    study_id = h.put_study(server, "tiny", study_date="20070808", seed=4201, n_instances=2)
+    h.wait_stable(server, [study_id])
+    catalog = h.open_sqlite_catalog(tmp_path)
+    exporter = StudyExporter(h.client_for(server), catalog, h.make_volume(tmp_path / "volume"), h.SERVER)
+
+    with pytest.raises(ExportError, match="stores no MD5 for instance .*set StoreMD5ForAttachments to true"):
+        exporter.export(study_id)
+
+    [row] = catalog.copies_of_study(h.SERVER, study_id)
+    assert row["state"] == "failed"
+    catalog.close()
