@@ -84,7 +84,11 @@ demo_data.make_pixel_data = functools.lru_cache(maxsize=2 * PIXEL_VARIANTS)(demo
 
 # -- machine and process figures ---------------------------------------------------------------
 
-def machine_facts(work: Path, orthanc_version: str) -> dict[str, Any]:
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def machine_facts(work: Path, orthanc_version: str, load_before: str) -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text().split()
     memory_kib = int(meminfo[meminfo.index("MemTotal:") + 1])
     device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "--target", str(work)],
@@ -100,7 +104,7 @@ def machine_facts(work: Path, orthanc_version: str) -> dict[str, Any]:
         "disk": device,
         "disk_rotational": rotational.read_text().strip() == "1" if rotational.exists() else None,
         "kernel": platform.release(),
-        "load_average_at_start": Path("/proc/loadavg").read_text().split()[0],
+        "load_average_before_run": load_before,
         "python": platform.python_version(),
         "orthanc": orthanc_version,
     }
@@ -305,7 +309,10 @@ def measure_set(bench: Bench, name: str, study_ids: list[str], connections: int,
     result["per_study"] = [
         {"instances": len(files[item["study"]]), "study_bytes": study_bytes[item["study"]],
          "c_mb_per_s": round(study_bytes[item["study"]] / MB / item["seconds"], 1),
-         "a_mb_per_s": round(study_bytes[item["study"]] / MB / tar_item["seconds"], 1)}
+         "a_mb_per_s": round(study_bytes[item["study"]] / MB / tar_item["seconds"], 1),
+         "c_over_a": round(tar_item["seconds"] / item["seconds"], 2),
+         "c_write_mb_per_s": round(study_bytes[item["study"]] / MB / (item["seconds"] - item["read_back_seconds"]), 1),
+         "c_read_back_mb_per_s": round(item["container_bytes"] / MB / item["read_back_seconds"], 1)}
         for item, tar_item in zip(export["studies"], tar["studies"])
     ]
     shutil.rmtree(bench.target, ignore_errors=True)
@@ -361,11 +368,13 @@ def measure_selection(work: Path, sizes: dict[str, Any]) -> list[dict[str, Any]]
             for batch in sizes["selection_batches"]:
                 policy = Policy(dict(defaults, older_than_days=365, max_studies=batch))
                 requests_sent = 0
+                finds_sent = 0
                 original = client.request
 
                 def counting(*args: Any, **kwargs: Any) -> Any:
-                    nonlocal requests_sent
+                    nonlocal requests_sent, finds_sent
                     requests_sent += 1
+                    finds_sent += args[1] == "/tools/find"
                     return original(*args, **kwargs)
 
                 client.request = counting  # type: ignore[method-assign]
@@ -377,7 +386,7 @@ def measure_selection(work: Path, sizes: dict[str, Any]) -> list[dict[str, Any]]
                 if len(selected) != batch:
                     raise RuntimeError(f"selection returned {len(selected)} studies, expected {batch}")
                 rows.append({"server_studies": size, "batch": batch, "seconds": round(seconds, 2),
-                             "requests": requests_sent,
+                             "requests": requests_sent, "finds": finds_sent,
                              "orthanc_cpu_seconds": round(process_cpu_seconds(server.pid) - orthanc_before, 2)})
                 print(f"# selection {rows[-1]}", file=sys.stderr, flush=True)
         client.close()
@@ -412,8 +421,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"disk {machine['disk']} ({'rotational' if machine['disk_rotational'] else 'non-rotational'} "
         "as the kernel reports it), kernel " + machine["kernel"],
         f"- Orthanc {machine['orthanc']}, Python {machine['python']}",
-        f"- Load average (1 min) at the start {machine['load_average_at_start']}, at the end "
-        f"{results['load_average_at_end']}: other processes on the machine share its CPUs and disk",
+        f"- Load average (1 min) before the run {machine['load_average_before_run']}, at its end "
+        f"{results['load_average_at_end']} (the benchmark's own Orthanc servers and uploads count in it)",
         "- Page cache: " + ("dropped before every pass (`echo 3 > /proc/sys/vm/drop_caches`), so each pass "
                             "reads Orthanc's storage from disk" if results["caches_dropped"] else
                             "NOT dropped (no permission): caches are warm for all three passes"),
@@ -439,10 +448,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {item['c']['cpu_s_per_gb']} + {item['c']['orthanc_cpu_s_per_gb']} |"
         )
     lines += ["", "## Export throughput by study size", "",
-              "| instances | GB | a tar MB/s | c export MB/s |", "|---|---|---|---|"]
+              "| instances | GB | a tar MB/s | c export MB/s | c/a | c without its read-back MB/s "
+              "| c read-back MB/s |", "|---|---|---|---|---|---|---|"]
     for item in results["sets"]["ct"]["per_study"] + results["sets"]["big"]["per_study"]:
         lines.append(f"| {item['instances']} | {item['study_bytes'] / 1e9:.2f} | {item['a_mb_per_s']} "
-                     f"| {item['c_mb_per_s']} |")
+                     f"| {item['c_mb_per_s']} | {item['c_over_a']} | {item['c_write_mb_per_s']} "
+                     f"| {item['c_read_back_mb_per_s']} |")
     lines += ["", f"## Connections and buffer sweep ({results['sweep_study_instances']} CT-like instances, "
               "best of the repeats)", "",
               "| connections | buffer MiB | MB/s | peak RSS MB | CPU s/GB |", "|---|---|---|---|---|"]
@@ -451,10 +462,11 @@ def markdown(results: dict[str, Any]) -> str:
                      f"| {row['cpu_s_per_gb']} |")
     lines += ["", "## Selection of the first batch (retention_policy.Selector, tiny studies dated 1998 to 2020, "
               "older_than_days 365)", "",
-              "| studies in Orthanc | batch | seconds | HTTP requests | Orthanc CPU s |", "|---|---|---|---|---|"]
+              "| studies in Orthanc | batch | seconds | HTTP requests | of which /tools/find | Orthanc CPU s |",
+              "|---|---|---|---|---|---|"]
     for row in results["selection"]:
         lines.append(f"| {row['server_studies']} | {row['batch']} | {row['seconds']} | {row['requests']} "
-                     f"| {row['orthanc_cpu_seconds']} |")
+                     f"| {row['finds']} | {row['orthanc_cpu_seconds']} |")
 
     lines += ["", "## Targets", ""]
     for text, met, value in results["targets"]:
@@ -477,6 +489,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     connections = EXPORT_ARGUMENT_SPEC["connections"]["default"]
     buffer_bytes = EXPORT_ARGUMENT_SPEC["buffer_bytes"]["default"]
+    load_before = load_average()
     caches_dropped = drop_caches()
     try:
         with LocalOrthanc(work / "orthanc", stable_age=1) as server:
@@ -488,7 +501,7 @@ def main() -> int:
             bench = Bench(server, work, caches_dropped)
             results: dict[str, Any] = {
                 "command": " ".join(["bench/run.py", *sys.argv[1:]]),
-                "machine": machine_facts(work, version),
+                "machine": machine_facts(work, version, load_before),
                 "caches_dropped": caches_dropped,
                 "connections": connections,
                 "buffer_bytes": buffer_bytes,
@@ -502,7 +515,7 @@ def main() -> int:
             results["sweep"] = sweep(bench, [sweep_study], sizes)
         results["selection"] = [] if args.no_selection else measure_selection(work, sizes)
         results["targets"] = check_targets(results)
-        results["load_average_at_end"] = Path("/proc/loadavg").read_text().split()[0]
+        results["load_average_at_end"] = load_average()
         results["elapsed_minutes"] = round((time.monotonic() - started) / 60, 1)
         (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
         sys.stdout.write(markdown(results))

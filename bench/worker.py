@@ -43,6 +43,7 @@ def usage() -> dict[str, float]:
 
 def run_export(args: argparse.Namespace) -> dict:
     use_project_module_utils()
+    from ansible.module_utils import study_export
     from ansible.module_utils.archive_catalog import SQLiteCatalog
     from ansible.module_utils.archive_volume import Volume
     from ansible.module_utils.orthanc_client import OrthancClient
@@ -53,15 +54,28 @@ def run_export(args: argparse.Namespace) -> dict:
     catalog = SQLiteCatalog(args.catalog)
     volume = Volume(args.volume)
     exporter = StudyExporter(client, catalog, volume, "bench", args.connections, args.buffer_bytes)
+    # Time the read-back apart from the rest, so the report can tell the two phases apart.
+    read_back_seconds = [0.0]
+    verify = study_export.verify_container
+
+    def timed_verify(*verify_args: object) -> list[str]:
+        started = time.monotonic()
+        try:
+            return verify(*verify_args)
+        finally:
+            read_back_seconds[0] += time.monotonic() - started
+
+    study_export.verify_container = timed_verify
     per_study = []
     started = time.monotonic()
     for study_id in args.studies:
         study_started = time.monotonic()
+        read_back_seconds[0] = 0.0
         result = exporter.export(study_id)
         if result["status"] != "archived":
             raise SystemExit(f"study {study_id} was not archived: {result['status']} {result.get('reason')}")
         per_study.append({"study": study_id, "container_bytes": result["bytes"], "instances": result["instances"],
-                          "seconds": time.monotonic() - study_started})
+                          "seconds": time.monotonic() - study_started, "read_back_seconds": read_back_seconds[0]})
     seconds = time.monotonic() - started
     catalog.close()
     client.close()

@@ -18,8 +18,9 @@ description:
   - Writes strictly sequentially under a temporary name, fsyncs, then renames.
   - Checks every downloaded instance against the size and MD5 that Orthanc stored (the MD5 comes
     with the download, in the ETag of C(/instances/{id}/attachments/dicom/data)), checks after
-    writing that Orthanc still reports the same instance count and LastUpdate, then reads the container
-    back and compares every instance's size and SHA-256 before it records the copy as C(written) in the catalog.
+    writing that Orthanc still reports the same instance count and LastUpdate, then (with O(read_back))
+    reads the container back and compares every instance's size and SHA-256 before it records the
+    copy as C(written) in the catalog.
     A copy becomes C(verified) only through M(archive_volume_verify), after the volume was remounted.
   - A study whose current content already has a written or verified copy on this volume (or on
     O(required_copies) volumes) is not written again and reports C(changed=false).
@@ -55,6 +56,16 @@ options:
         half of this are streamed straight to the volume.
     type: int
     default: 67108864
+  read_back:
+    description:
+      - Read each container back right after writing it, comparing every instance's size and SHA-256,
+        before the copy is recorded as C(written).
+      - The copy is C(verified), and its study may leave Orthanc, only after M(archive_volume_verify)
+        has read it back, whatever this option says. On tape, reading back each study makes the
+        drive stop and seek back after every study, so the C(orthanc_archive) role turns this off
+        and relies on its verification pass over the whole cartridge after a remount.
+    type: bool
+    default: true
   required_copies:
     description:
       - Number of volumes that must hold a copy of a study. A study already written to this many
@@ -200,7 +211,7 @@ def main():
         catalog = open_catalog(params)
         client = OrthancClient.from_module_params(params)
         exporter = StudyExporter(client, catalog, volume, params["server_name"], params["connections"],
-                                 params["buffer_bytes"], params["required_copies"], log)
+                                 params["buffer_bytes"], params["required_copies"], log, params["read_back"])
 
         if module.check_mode:
             result["results"] = check_mode_results(exporter, params["studies"])

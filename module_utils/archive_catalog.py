@@ -10,7 +10,8 @@ catalog written by a newer version of this project.
 
 States of a copy (one container of one study content on one volume):
   writing   the container is being written; a crash leaves this row and a dead temporary file
-  written   the container is complete and was read back right after writing
+  written   the container is complete and fsynced (and was read back right after writing when the
+            export's read_back option is on)
   verified  the container was read back from the volume after a remount (or, for a plain folder,
             after its pages were dropped from the cache) and every checksum matched
   failed    writing or verification failed; the copy counts for nothing

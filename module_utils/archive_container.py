@@ -28,6 +28,9 @@ MANIFEST_FORMAT = "orthanc-archive-manifest/1"
 # sequential writes.
 TAR_BUFFER_SIZE = 1024 * 1024
 READ_CHUNK_SIZE = 1024 * 1024
+# Bytes between two writeback requests. The kernel then writes the finished part of the file while
+# the next instances download, so the final fsync has little left to write.
+WRITEBACK_STEP = 32 * 1024 * 1024
 
 
 class ContainerError(Exception):
@@ -42,13 +45,34 @@ class HashingWriter:
         self.sha256 = hashlib.sha256()
         self.bytes_written = 0
         self.aborted = False
+        self._next_writeback = WRITEBACK_STEP
 
     def write(self, data: bytes) -> int:
         if self.aborted:
             return len(data)
         self.sha256.update(data)
         self.bytes_written += len(data)
-        return self.raw.write(data)
+        written = self.raw.write(data)
+        if self.bytes_written >= self._next_writeback:
+            self._start_writeback()
+        return written
+
+    def _start_writeback(self) -> None:
+        """Start writing the bytes written so far to the medium, without waiting for it.
+
+        On Linux, POSIX_FADV_DONTNEED starts an asynchronous writeback of the range's dirty pages and
+        drops the pages already clean (mm/fadvise.c), so a long container neither waits for one large
+        fsync nor fills the page cache. The final fsync still makes the whole file durable.
+        """
+        self.raw.flush()
+        # The previous range may still have been under writeback at the last call, so it is covered
+        # again and its pages are dropped once clean.
+        start = max(0, self._next_writeback - 2 * WRITEBACK_STEP)
+        try:
+            os.posix_fadvise(self.raw.fileno(), start, self.bytes_written - start, os.POSIX_FADV_DONTNEED)
+        except (AttributeError, OSError):
+            pass
+        self._next_writeback = self.bytes_written + WRITEBACK_STEP
 
     def flush(self) -> None:
         if not self.aborted:
@@ -283,8 +307,8 @@ def read_container(path: str, with_md5: bool = False) -> dict[str, Any]:
     """Read a container sequentially; return its manifest, per-member checksums and whole-file SHA-256.
 
     Every member is read to the end and hashed with SHA-256, and with MD5 too when with_md5 is set.
-    The SHA-256 alone proves that a member holds the bytes written: the writer computed it from the
-    same bytes whose MD5 it had checked against Orthanc's. Raises ContainerError if the tar is
+    The SHA-256 alone proves that a member contains the bytes written, because the writer computed it
+    from the same bytes whose MD5 it had checked against Orthanc's. Raises ContainerError if the tar is
     damaged or has no manifest. The tar headers are parsed with tarfile.TarInfo.frombuf, which
     checks each header's checksum.
     """

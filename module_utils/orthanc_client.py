@@ -340,9 +340,9 @@ class OrthancClient:
     def open_instance_attachment(self, instance_id: str) -> tuple["requests.Response", str | None]:
         """Open a streaming download of the stored DICOM file with the MD5 that Orthanc stored for it.
 
-        /attachments/dicom/data answers with an ETag "REVISION-MD5" built from the attachment's
-        stored UncompressedMD5 (Orthanc 1.9.2+), so one request gives the file and the checksum to
-        check it against. The MD5 is None when the ETag is absent or carries none (StoreMD5ForAttachments false):
+        Orthanc 1.9.2 and later send /attachments/dicom/data with an ETag "REVISION-MD5" built from
+        the attachment's stored UncompressedMD5 (SetAttachmentETag in OrthancRestResources.cpp), so
+        one request returns the file and the checksum to check it against. The MD5 is None when the ETag is absent or carries none (StoreMD5ForAttachments false):
         the caller then asks instance_attachment_info(). The caller closes the response.
         """
         response = self.request("GET", f"/instances/{require_orthanc_id(instance_id, 'instance')}/attachments/dicom/data",

@@ -124,15 +124,15 @@ class Policy:
 
 
 # A date window that matches more studies than this is split (a year into months, a month into
-# days) before its studies are read with their tags, so a batch reads about as many studies as it
-# needs, however many the server holds.
+# days) before its studies are read with their tags. A batch then reads about as many studies as it
+# needs, however many the server contains.
 SPLIT_WINDOW_ABOVE = 200
 
 
 def _date_windows(policy: Policy) -> Iterator[tuple[datetime.date | None, datetime.date]]:
     """Yield (first day, last day) windows that cover every date before the cutoff, oldest first.
 
-    The first window has no first day: it holds everything before oldest_year.
+    The first window has no first day: it covers everything before oldest_year.
     """
     last_day = policy.cutoff - datetime.timedelta(days=1)
     first_window_end = datetime.date(policy.oldest_year - 1, 12, 31)

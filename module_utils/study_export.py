@@ -40,6 +40,7 @@ EXPORT_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "connections": {"type": "int", "default": 4},
     "buffer_bytes": {"type": "int", "default": 64 * 1024 * 1024},
     "required_copies": {"type": "int", "default": 1},
+    "read_back": {"type": "bool", "default": True},
 }
 
 STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber", "StudyID",
@@ -124,7 +125,7 @@ class StudyExporter:
 
     def __init__(self, client: OrthancClient, catalog: Catalog, volume: Volume, server: str,
                  connections: int = 4, buffer_bytes: int = 64 * 1024 * 1024, required_copies: int = 1,
-                 log: Callable[[str], None] = lambda line: None):
+                 log: Callable[[str], None] = lambda line: None, read_back: bool = True):
         if connections < 1:
             raise ExportError(f"invalid connections {connections}: expected 1 or more")
         if buffer_bytes < 1024 * 1024:
@@ -137,6 +138,7 @@ class StudyExporter:
         self.buffer_bytes = buffer_bytes
         self.required_copies = required_copies
         self.log = log
+        self.read_back = read_back
         self.volume_serial = volume.serial()
 
     # -- decisions ------------------------------------------------------------------------------
@@ -298,7 +300,9 @@ class StudyExporter:
             writer.abort()
             raise
 
-        problems = verify_container(container_path, container["sha256"], instances_out)
+        # Without read_back the copy stays unchecked until archive_volume_verify reads it. On tape, that
+        # pass reads the whole cartridge in one go instead of seeking back after every study.
+        problems = verify_container(container_path, container["sha256"], instances_out) if self.read_back else []
         if problems:
             raise ExportError(f"read-back of {plan['container_path']} failed: " + "; ".join(problems[:5]))
         return {"bytes": container["bytes"], "sha256": container["sha256"], "instances": instances_out}
@@ -342,8 +346,8 @@ class StudyExporter:
     def _stored_checksum(self, item: dict[str, Any], etag_md5: str | None) -> tuple[str, int]:
         """Return the MD5 and size that Orthanc stored for an instance's DICOM file.
 
-        The MD5 comes from the download's ETag when it carries one, else from the attachment's info;
-        the size comes from the instance list, which Orthanc reads from the same attachment record.
+        The MD5 comes from the download's ETag when it carries one, else from the attachment's info.
+        The size comes from the instance list, which Orthanc reads from the same attachment record.
         """
         if etag_md5:
             return etag_md5, int(item["FileSize"])

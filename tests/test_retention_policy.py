@@ -262,8 +262,8 @@ def test_paging_returns_every_study_once(seven_studies: dict[str, Any], age_basi
     assert sum(page_lengths) == 7
 
 
-def test_crowded_window_is_split_and_read_only_as_far_as_needed(seven_studies: dict[str, Any],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crowded_window_split_reads_batch_only(seven_studies: dict[str, Any],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # With at most two studies per window, 2001 splits into months and January into days, so a batch
     # of three reads the tags of three studies, not of the whole year.
     monkeypatch.setattr(retention_policy, "SPLIT_WINDOW_ABOVE", 2)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import helpers_archive as h
+from ansible.module_utils import study_export
 from ansible.module_utils.archive_container import verify_container
 from ansible.module_utils.archive_volume import Volume
 from ansible.module_utils.study_export import ExportError, StudyExporter, _Download
@@ -349,8 +350,8 @@ def test_invalid_study_id_rejected(bench: dict[str, Any]) -> None:
         exporter.export("../etc")
 
 
-def test_study_stored_without_md5_is_refused(orthanc_factory: Callable[..., Any], tmp_path: Path) -> None:
-    # With StoreMD5 false the download's ETag carries no MD5 and neither does the attachment's info,
+def test_export_without_stored_md5_fails(orthanc_factory: Callable[..., Any], tmp_path: Path) -> None:
+    # With StoreMD5ForAttachments false the download's ETag carries no MD5 and neither does the attachment's info,
     # so nothing can prove that the copy matches what Orthanc stored.
     server = orthanc_factory(extra_config={"StoreMD5ForAttachments": False})
     study_id = h.put_study(server, "tiny", study_date="20070808", seed=4201, n_instances=2)
@@ -364,3 +365,26 @@ def test_study_stored_without_md5_is_refused(orthanc_factory: Callable[..., Any]
     [row] = catalog.copies_of_study(h.SERVER, study_id)
     assert row["state"] == "failed"
     catalog.close()
+
+
+@pytest.mark.parametrize("read_back", [True, False])
+def test_read_back_option(bench: dict[str, Any], monkeypatch: pytest.MonkeyPatch, read_back: bool) -> None:
+    # Without read_back the copy is recorded as written unread; archive_volume_verify reads it later.
+    read: list[str] = []
+    original = study_export.verify_container
+
+    def recording(path: str, *args: Any) -> list[str]:
+        read.append(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(study_export, "verify_container", recording)
+    exporter = StudyExporter(bench["client"], bench["catalog"], bench["volume"], h.SERVER, read_back=read_back)
+
+    result = exporter.export(bench["ids"]["ct"])
+
+    assert result["status"] == "archived"
+    tar_path, _ = container_paths(bench, result)
+    assert read == ([str(tar_path)] if read_back else [])
+    [row] = bench["catalog"].copies_of_study(h.SERVER, bench["ids"]["ct"])
+    assert row["state"] == "written"
+    assert original(str(tar_path), row["container_sha256"], bench["catalog"].copy_instances(row["id"])) == []
