@@ -220,41 +220,53 @@ def drop_cache(path: str) -> None:
 
 
 class _TarScanner:
-    """Read a tar file once, front to back, through one reusable buffer, without copying member data.
+    """Read a tar file once, front to back, through two alternating buffers, without copying member data.
 
-    Every byte read is added to the whole-file SHA-256 on a second thread (hashlib releases the GIL
-    on large buffers) while the calling thread hashes member data from the same buffer.
+    A second thread reads the next buffer from the file and adds it to the whole-file SHA-256
+    (hashlib releases the GIL on large buffers) while the calling thread hashes member data from
+    the current one, so the disk and both hashes work at the same time.
     """
 
-    def __init__(self, raw: BinaryIO, hasher_pool: concurrent.futures.ThreadPoolExecutor):
+    def __init__(self, raw: BinaryIO, reader_pool: concurrent.futures.ThreadPoolExecutor):
         self.raw = raw
-        self.pool = hasher_pool
+        self.pool = reader_pool
         self.whole = hashlib.sha256()
-        self.buffer = bytearray(READ_CHUNK_SIZE * 4)
-        self.view = memoryview(self.buffer)
+        self.buffers = [bytearray(READ_CHUNK_SIZE * 4), bytearray(READ_CHUNK_SIZE * 4)]
+        self.views = [memoryview(buffer) for buffer in self.buffers]
+        self.current = 1
+        self.view = self.views[self.current]
         self.start = 0
         self.end = 0
         self.total = 0
-        self._pending_whole: concurrent.futures.Future | None = None
+        self._ended = False
+        self._next: concurrent.futures.Future = self.pool.submit(self._read, 0)
+
+    def _read(self, index: int) -> int:
+        """Fill buffer index from the file and add what was read to the whole-file hash (reader thread)."""
+        count = self.raw.readinto(self.buffers[index])
+        if count:
+            self.whole.update(self.views[index][:count])
+        return count
 
     def _fill(self) -> bool:
-        count = self.raw.readinto(self.buffer)
-        if not count:
+        if self._ended:
             return False
+        count = self._next.result()
+        if not count:
+            self._ended = True
+            return False
+        # The caller has consumed the current buffer, so the reader may refill it while the caller
+        # works on the one just read.
+        self.current ^= 1
+        self.view = self.views[self.current]
         self.start, self.end = 0, count
         self.total += count
-        self._pending_whole = self.pool.submit(self.whole.update, self.view[:count])
+        self._next = self.pool.submit(self._read, self.current ^ 1)
         return True
-
-    def _wait_whole(self) -> None:
-        if self._pending_whole is not None:
-            self._pending_whole.result()
-            self._pending_whole = None
 
     def _available(self) -> bool:
         if self.start < self.end:
             return True
-        self._wait_whole()
         return self._fill()
 
     def read_exact(self, size: int) -> bytes:
@@ -280,10 +292,10 @@ class _TarScanner:
             size -= take
 
     def drain(self) -> None:
+        """Read to the end of the file, so the whole-file hash covers every byte."""
         self.start = self.end
         while self._available():
             self.start = self.end
-        self._wait_whole()
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -317,6 +329,11 @@ def read_container(path: str, with_md5: bool = False) -> dict[str, Any]:
     try:
         with open(path, "rb", buffering=0) as raw, \
                 concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            try:
+                # Ask for a larger read-ahead: the file is read once, front to back.
+                os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except (AttributeError, OSError):
+                pass
             scanner = _TarScanner(raw, pool)
             overrides: dict[str, str] = {}
             while True:
