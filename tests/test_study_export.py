@@ -388,3 +388,24 @@ def test_read_back_option(bench: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     [row] = bench["catalog"].copies_of_study(h.SERVER, bench["ids"]["ct"])
     assert row["state"] == "written"
     assert original(str(tar_path), row["container_sha256"], bench["catalog"].copy_instances(row["id"])) == []
+
+
+def test_export_from_compressed_storage(orthanc_factory: Callable[..., Any], tmp_path: Path) -> None:
+    # With StorageCompression the stored files are zlib-compressed: the ETag, the instance list and
+    # the download must all describe the uncompressed DICOM file.
+    server = orthanc_factory(storage_compression=True)
+    study_id = h.put_study(server, "ct", study_date="20070909", seed=4301, n_instances=3, rows=64, columns=64)
+    h.wait_stable(server, [study_id])
+    catalog = h.open_sqlite_catalog(tmp_path)
+    exporter = StudyExporter(h.client_for(server), catalog, h.make_volume(tmp_path / "volume"), h.SERVER)
+
+    result = exporter.export(study_id)
+
+    assert result["status"] == "archived"
+    with tarfile.open(exporter.volume.absolute(result["path"])) as tar:
+        for item in server.get_json(f"/studies/{study_id}/instances"):
+            member = tar.extractfile(f"{study_id}/{item['ParentSeries']}/{item['ID']}.dcm")
+            assert member is not None
+            original = server.session.get(f"{server.url}/instances/{item['ID']}/file", timeout=60).content
+            assert member.read() == original
+    catalog.close()
