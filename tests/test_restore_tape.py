@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tapesim import library as tapesim_library
-from tapesim.fixture import Drive, TapeLibrary
+from tapesim.fixture import TapeLibrary, build_library, library_on_path
 from tests.helpers_archive import put_study, wait_stable
 from tests.helpers_playbook import ArchiveSite, PlaybookRun, study_ids
 from tests.helpers_restore import original_files
@@ -38,33 +37,14 @@ DEVICE_BASE = 60
 STUDY_DATES = ["20050101", "20050201", "20050301", "20060101", "20060201"]
 
 
-def build_tapes(state: Path) -> TapeLibrary:
-    """Create a one-drive library with a changer and three 6 MiB cartridges (4 MiB of data each)."""
-    tapesim_library.create_library(
-        state, drives=1, slots=8, cartridges=BARCODES, capacity_bytes=6 * MIB,
-        index_write_seconds=0.2, sync_write_seconds=0.01, index_reserve_bytes=2 * MIB)
-    library_file = state / "library.json"
-    description = json.loads(library_file.read_text())
-    for drive in description["drives"]:
-        number = DEVICE_BASE + drive["index"]
-        drive.update(st=f"/dev/st{number}", nst=f"/dev/nst{number}", sg=f"/dev/sg{number}")
-    description["changer"]["sg"] = f"/dev/sg{DEVICE_BASE + 9}"
-    library_file.write_text(json.dumps(description, indent=2))
-    drives = [Drive(number=d["index"], st=d["st"], nst=d["nst"], sg=d["sg"]) for d in description["drives"]]
-    return TapeLibrary(state=state, env=tapesim_library.environment_for(state), drives=drives,
-                       changer=description["changer"]["sg"], barcodes=list(BARCODES))
-
-
 @pytest.fixture
 def tapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TapeLibrary]:
-    library = build_tapes(tmp_path / "tapesim")
-    monkeypatch.setenv("PATH", library.env["PATH"])
-    monkeypatch.setenv("TAPESIM_STATE", str(library.state))
-    monkeypatch.setenv("ANSIBLE_PIPELINING", "1")
-    try:
+    """A one-drive library with a changer and three 6 MiB cartridges (4 MiB of data each)."""
+    library = build_library(tmp_path / "tapesim", drives=1, barcodes=BARCODES, capacity_bytes=6 * MIB,
+                            index_write_seconds=0.2, sync_write_seconds=0.01, index_reserve_bytes=2 * MIB,
+                            device_base=DEVICE_BASE)
+    with library_on_path(library, monkeypatch):
         yield library
-    finally:
-        library.cleanup()
 
 
 @pytest.fixture

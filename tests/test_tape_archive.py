@@ -8,7 +8,6 @@ next cartridge.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tapesim import library as tapesim_library
-from tapesim.fixture import Drive, TapeLibrary
+from tapesim.fixture import TapeLibrary, build_library, library_on_path
 from tests.helpers_archive import put_study, wait_stable
 from tests.helpers_playbook import ArchiveSite, PlaybookRun, study_ids
 
@@ -33,27 +31,6 @@ SERVER = "pacs-tape"
 DEVICE_BASE = 40
 
 
-def build_tapes(state: Path, drives: int) -> TapeLibrary:
-    """Create a library whose device names no other test suite uses.
-
-    ltfs_volume and tape_changer find a drive's ltfs process by its devname on the whole host, so
-    another suite's simulated /dev/sg0 running at the same time would look like this drive in use.
-    """
-    tapesim_library.create_library(
-        state, drives=drives, slots=8, cartridges=BARCODES, capacity_bytes=CARTRIDGE_BYTES,
-        index_write_seconds=0.2, sync_write_seconds=0.01, index_reserve_bytes=INDEX_RESERVE_BYTES)
-    library_file = state / "library.json"
-    description = json.loads(library_file.read_text())
-    for drive in description["drives"]:
-        number = DEVICE_BASE + drive["index"]
-        drive.update(st=f"/dev/st{number}", nst=f"/dev/nst{number}", sg=f"/dev/sg{number}")
-    description["changer"]["sg"] = f"/dev/sg{DEVICE_BASE + 9}"
-    library_file.write_text(json.dumps(description, indent=2))
-    drive_list = [Drive(number=d["index"], st=d["st"], nst=d["nst"], sg=d["sg"]) for d in description["drives"]]
-    return TapeLibrary(state=state, env=tapesim_library.environment_for(state), drives=drive_list,
-                       changer=description["changer"]["sg"], barcodes=list(BARCODES))
-
-
 @pytest.fixture
 def drive_count() -> int:
     return 1
@@ -62,15 +39,11 @@ def drive_count() -> int:
 @pytest.fixture
 def tapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, drive_count: int) -> Iterator[TapeLibrary]:
     """A simulated library with drive_count drives; its tools are on PATH for the playbook runs."""
-    library = build_tapes(tmp_path / "tapesim", drive_count)
-    monkeypatch.setenv("PATH", library.env["PATH"])
-    monkeypatch.setenv("TAPESIM_STATE", str(library.state))
-    # One process per module instead of a copied file, as the fleet's tape hosts run them.
-    monkeypatch.setenv("ANSIBLE_PIPELINING", "1")
-    try:
+    library = build_library(tmp_path / "tapesim", drives=drive_count, barcodes=BARCODES,
+                            capacity_bytes=CARTRIDGE_BYTES, index_write_seconds=0.2, sync_write_seconds=0.01,
+                            index_reserve_bytes=INDEX_RESERVE_BYTES, device_base=DEVICE_BASE)
+    with library_on_path(library, monkeypatch):
         yield library
-    finally:
-        library.cleanup()
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ Typical use from a conftest.py::
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +135,8 @@ def build_library(
     capacity_bytes: int = 64 * lib.MIB,
     index_write_seconds: float = 1.0,
     sync_write_seconds: float = 0.05,
+    index_reserve_bytes: int | None = None,
+    device_base: int | None = None,
 ) -> TapeLibrary:
     """Create a library in ``state`` and return its description.
 
@@ -140,6 +144,11 @@ def build_library(
     at /dev/sg2 with 8 slots and 1 import/export slot (element 9), and cartridges
     TAPE01L8 ... TAPE04L8 of 64 MiB in slots 1-4. Without a changer the cartridges are
     created but not placed; put one into a drive with ``insert``.
+
+    device_base renumbers the devices: drive N becomes /dev/st, nst and sg number device_base + N
+    and the changer /dev/sg(device_base + 9). ltfs_volume and tape_changer find a drive's ltfs
+    process by its device name on the whole host, so suites that may run at the same time need
+    device numbers of their own.
     """
     if barcodes is None:
         barcodes = [f"TAPE{number:02d}L8" for number in range(1, 5)]
@@ -148,7 +157,17 @@ def build_library(
                                      changer=changer, cartridges=barcodes if changer else [],
                                      capacity_bytes=capacity_bytes,
                                      index_write_seconds=index_write_seconds,
-                                     sync_write_seconds=sync_write_seconds)
+                                     sync_write_seconds=sync_write_seconds,
+                                     index_reserve_bytes=index_reserve_bytes)
+    if device_base is not None:
+        library_file = state / "library.json"
+        description = json.loads(library_file.read_text())
+        for drive in description["drives"]:
+            number = device_base + drive["index"]
+            drive.update(st=f"/dev/st{number}", nst=f"/dev/nst{number}", sg=f"/dev/sg{number}")
+        if description["changer"]:
+            description["changer"]["sg"] = f"/dev/sg{device_base + 9}"
+        library_file.write_text(json.dumps(description, indent=2))
     if not changer:
         with st.locked(state):
             for barcode in barcodes:
@@ -158,6 +177,19 @@ def build_library(
     changer_path = description["changer"]["sg"] if description["changer"] else None
     return TapeLibrary(state=state, env=environment_for(state), drives=drive_list,
                        changer=changer_path, barcodes=list(barcodes))
+
+
+@contextlib.contextmanager
+def library_on_path(library: TapeLibrary, monkeypatch: pytest.MonkeyPatch) -> Iterator[TapeLibrary]:
+    """Put the library's tools on PATH for ansible-playbook runs, and clean the library up afterwards."""
+    monkeypatch.setenv("PATH", library.env["PATH"])
+    monkeypatch.setenv("TAPESIM_STATE", str(library.state))
+    # One process per module instead of a copied file, as the fleet's tape hosts run them.
+    monkeypatch.setenv("ANSIBLE_PIPELINING", "1")
+    try:
+        yield library
+    finally:
+        library.cleanup()
 
 
 @pytest.fixture
