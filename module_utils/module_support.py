@@ -18,6 +18,15 @@ def merge_specs(*specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return merged
 
 
+def transfer_settings_problem(connections: int, buffer_bytes: int) -> str | None:
+    """Return why a connections or buffer_bytes value is invalid, or None when both are valid."""
+    if connections < 1:
+        return f"invalid connections {connections}: expected 1 or more"
+    if buffer_bytes < 1024 * 1024:
+        return f"invalid buffer_bytes {buffer_bytes}: expected at least 1048576 (1 MiB)"
+    return None
+
+
 def progress_logger(path: str | None, host: str) -> Callable[[str], None]:
     """Return a function that appends timestamped lines to the module's log file (no-op without a path).
 

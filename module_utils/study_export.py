@@ -26,6 +26,7 @@ from ansible.module_utils.archive_container import (
     write_manifest_file,
 )
 from ansible.module_utils.archive_volume import Volume
+from ansible.module_utils.module_support import transfer_settings_problem
 from ansible.module_utils.orthanc_client import OrthancClient, OrthancError, require_orthanc_id
 
 TOOL_NAME = "orthanc-tape-archive"
@@ -126,10 +127,9 @@ class StudyExporter:
     def __init__(self, client: OrthancClient, catalog: Catalog, volume: Volume, server: str,
                  connections: int = 4, buffer_bytes: int = 64 * 1024 * 1024, required_copies: int = 1,
                  log: Callable[[str], None] = lambda line: None, read_back: bool = True):
-        if connections < 1:
-            raise ExportError(f"invalid connections {connections}: expected 1 or more")
-        if buffer_bytes < 1024 * 1024:
-            raise ExportError(f"invalid buffer_bytes {buffer_bytes}: expected at least 1048576 (1 MiB)")
+        problem = transfer_settings_problem(connections, buffer_bytes)
+        if problem:
+            raise ExportError(problem)
         self.client = client
         self.catalog = catalog
         self.volume = volume

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 from ansible.module_utils.archive_catalog import Catalog
 from ansible.module_utils.archive_container import MANIFEST_NAME, READ_CHUNK_SIZE, TAR_BUFFER_SIZE, drop_cache
 from ansible.module_utils.archive_volume import Volume, VolumeError
+from ansible.module_utils.module_support import transfer_settings_problem
 from ansible.module_utils.orthanc_client import OrthancClient, OrthancNotFound
 
 LTFS_START_BLOCK = "user.ltfs.startblock"
@@ -217,10 +218,9 @@ class StudyRestorer:
 
     def __init__(self, client: OrthancClient, catalog: Catalog, target_server: str, connections: int = 2,
                  buffer_bytes: int = 256 * 1024 * 1024, log: Callable[[str], None] = lambda line: None):
-        if connections < 1:
-            raise RestoreError(f"invalid connections {connections}: expected 1 or more")
-        if buffer_bytes < 1024 * 1024:
-            raise RestoreError(f"invalid buffer_bytes {buffer_bytes}: expected at least 1048576 (1 MiB)")
+        problem = transfer_settings_problem(connections, buffer_bytes)
+        if problem:
+            raise RestoreError(problem)
         self.client = client
         self.catalog = catalog
         self.target_server = target_server
