@@ -68,6 +68,8 @@ class FaultProxy:
         self.injected: list[tuple[int, str, str, str]] = []
         self._down_until = 0.0
         self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -83,6 +85,26 @@ class FaultProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until every request received so far has been answered or dropped.
+
+        A delayed request reaches Orthanc after its client has given up. Without this wait, it
+        could land in the next run, for example a DELETE of an instance that was just uploaded again.
+        """
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise RuntimeError(f"the fault proxy still handles {self._in_flight} requests after {timeout} s")
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
 
     def reset(self) -> None:
         """Clear the schedule and the counters before the next run."""
@@ -192,6 +214,13 @@ class FaultProxy:
                     proxy.on_hook()
                 self._answer(status, headers, data, truncate=(fault == "truncate"))
 
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
+            def _handle_counted(self) -> None:
+                proxy._enter()
+                try:
+                    self._handle()
+                finally:
+                    proxy._leave()
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle_counted
 
         return Handler
