@@ -104,6 +104,14 @@ options:
         so that a run without reclaim moves on to newer studies instead of selecting the same ones again.
     type: bool
     default: true
+  keep_restored_days:
+    description:
+      - Leave out studies that the catalog shows as restored into this server (O(server_name)) within
+        this many days. A restored study has a new C(LastUpdate), so without this hold the next run
+        would archive it again and, with reclaim, delete it while it is still in use.
+      - C(0) turns the hold off. The catalog must exist for the hold to apply.
+    type: int
+    default: 30
   include_identifiers:
     description:
       - Include PatientID, PatientName, PatientBirthDate and AccessionNumber in the result.
@@ -185,7 +193,7 @@ skipped:
   description: Number of old studies left out, per reason.
   returned: always
   type: dict
-  sample: {"protected patient": 2, "not stable yet": 1}
+  sample: {"protected patient": 2, "not stable yet": 1, "restored recently": 1}
 policy:
   description: The policy as applied, with the cutoff date.
   returned: always
@@ -202,6 +210,8 @@ oldest:
     by_study_date: {description: Oldest studies by StudyDate., type: list, elements: dict}
     by_reception: {description: Oldest studies by LastUpdate., type: list, elements: dict}
 """
+
+import datetime
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -230,12 +240,23 @@ def archived_checker(catalog, server):
     return already_archived
 
 
+def restored_checker(catalog, server, days):
+    """Return a function that tells whether a study was restored into server in the last `days` days."""
+    since = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def recently_restored(study_id):
+        return catalog.restored_since(server, study_id, since)
+
+    return recently_restored
+
+
 def main():
     argument_spec = merge_specs(CONNECTION_ARGUMENT_SPEC, CATALOG_ARGUMENT_SPEC, POLICY_ARGUMENT_SPEC, {
         "server_name": {"type": "str", "required": True},
         "skip_archived": {"type": "bool", "default": True},
         "include_identifiers": {"type": "bool", "default": False},
         "oldest_count": {"type": "int", "default": 0},
+        "keep_restored_days": {"type": "int", "default": 30},
     })
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("older_than_days", "before_date")])
@@ -249,14 +270,21 @@ def main():
         module.fail_json(msg=str(exc), **result)
     if params["oldest_count"] < 0:
         module.fail_json(msg=f"invalid oldest_count {params['oldest_count']}: expected 0 or more", **result)
+    if params["keep_restored_days"] < 0:
+        module.fail_json(msg=f"invalid keep_restored_days {params['keep_restored_days']}: expected 0 or more "
+                             "(0 turns the hold on restored studies off)", **result)
 
     catalog = None
     try:
         client = OrthancClient.from_module_params(params)
         result["server"] = client.features().as_dict()
-        if params["skip_archived"] and (params["catalog_backend"] == "postgresql" or _catalog_exists(params)):
+        uses_catalog = params["skip_archived"] or params["keep_restored_days"] > 0
+        if uses_catalog and (params["catalog_backend"] == "postgresql" or _catalog_exists(params)):
             catalog = open_catalog(params)
-        selector = Selector(client, policy, archived_checker(catalog, params["server_name"]) if catalog else None)
+        archived = archived_checker(catalog, params["server_name"]) if catalog and params["skip_archived"] else None
+        restored = (restored_checker(catalog, params["server_name"], params["keep_restored_days"])
+                    if catalog and params["keep_restored_days"] > 0 else None)
+        selector = Selector(client, policy, archived, restored)
         selected = selector.select()
         if params["oldest_count"]:
             result["oldest"] = oldest_studies(client, params, params["oldest_count"])

@@ -388,6 +388,12 @@ class Catalog:
                  target_server, instances_restored, utc_now()),
             )
 
+    def restored_since(self, target_server: str, orthanc_study_id: str, since: str) -> bool:
+        """Tell whether the study was restored into target_server at or after since (UTC, as utc_now writes it)."""
+        rows = self._rows("SELECT 1 AS found FROM restores WHERE target_server = ? AND orthanc_study_id = ? "
+                          "AND restored_at >= ? LIMIT 1", (target_server, orthanc_study_id, since))
+        return bool(rows)
+
     def reclaim_candidates(self, server: str, required_copies: int) -> list[dict[str, Any]]:
         """Return, per study content, the verified copies of studies that have enough of them.
 

@@ -239,10 +239,13 @@ class Selector:
     """Apply a policy to one server and return the selected studies with the reasons for the others."""
 
     def __init__(self, client: OrthancClient, policy: Policy,
-                 already_archived: Callable[[dict[str, Any]], bool] | None = None):
+                 already_archived: Callable[[dict[str, Any]], bool] | None = None,
+                 recently_restored: Callable[[str], bool] | None = None):
         self.client = client
         self.policy = policy
         self.already_archived = already_archived or (lambda study: False)
+        # Takes an Orthanc study ID; True keeps a study that was just restored out of the batch.
+        self.recently_restored = recently_restored or (lambda study_id: False)
         self.skipped: dict[str, int] = {}
         self.warnings: list[str] = []
         self._protected_cache: dict[str, bool] = {}
@@ -295,6 +298,9 @@ class Selector:
 
         if policy.only_stable and study.get("IsStable") is not True:
             self._skip("not stable yet")
+            return None
+        if self.recently_restored(study_id):
+            self._skip("restored recently")
             return None
         patient_id = patient_tags.get("PatientID")
         if patient_id is not None and patient_id.strip() in policy.exclude_patient_ids:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,29 @@ def test_container_copy_on_second_volume(archived: dict[str, Any], tmp_path: Pat
     assert result["restored"] == 1
     assert result["studies"][0]["volume_serial"] == "DIRSECOND"
     assert result["not_mounted"] == []
+
+
+def test_restored_study_held_from_selection(archived: dict[str, Any]) -> None:
+    # A restored study has a new LastUpdate, so only the hold keeps the next archive run from taking it again.
+    handle, study_id = archived["handle"], archived["ids"]["ct"]
+    restored = r.run_module("orthanc_study_restore", restore_args(archived, orthanc_study_ids=[study_id]))
+    assert restored["restored"] == 1
+    h.wait_stable(handle, [study_id])
+    selection = {**r.connection(handle), "catalog_path": archived["catalog_path"], "server_name": r.SERVER,
+                 "before_date": "2012-01-01"}
+
+    within_hold = r.run_module("orthanc_study_info", selection)
+    off = r.run_module("orthanc_study_info", {**selection, "keep_restored_days": 0})
+    connection = sqlite3.connect(archived["catalog_path"])
+    with connection:
+        connection.execute("UPDATE restores SET restored_at = '2001-01-01T00:00:00Z'")
+    connection.close()
+    expired = r.run_module("orthanc_study_info", selection)
+    negative = r.run_module("orthanc_study_info", {**selection, "keep_restored_days": -1})
+
+    assert within_hold["study_ids"] == []
+    assert within_hold["skipped"] == {"restored recently": 1}
+    assert off["study_ids"] == [study_id]
+    assert expired["study_ids"] == [study_id]
+    assert negative["failed"] is True
+    assert "invalid keep_restored_days -1" in negative["msg"]
