@@ -82,6 +82,25 @@ def _needed_message(drive: dict[str, Any], has_changer: bool) -> str:
             f"{remaining} studies were not written: unload it, insert a blank scratch cartridge and run again")
 
 
+def _new_job(drive: dict[str, Any], barcode: str | None, studies: list[str], serial: str | None = None) -> dict[str, Any]:
+    """Return the job of one drive for one cartridge in a round, before anything was done with it."""
+    return {
+        "index": drive["index"],
+        "device": drive["device"],
+        "element": drive["element"],
+        "mount_point": drive["mount_point"],
+        "barcode": barcode,
+        "studies": list(studies),
+        "error": None,
+        "write_protected": False,
+        "loaded": False,
+        "mounted": False,
+        "formatted": False,
+        "blank": False,
+        "serial": serial,
+    }
+
+
 def tape_begin_pass(state: dict[str, Any]) -> dict[str, Any]:
     """Start a write pass: one job per drive that has studies left and a cartridge to put them on."""
     state = copy.deepcopy(state)
@@ -103,21 +122,7 @@ def tape_begin_pass(state: dict[str, Any]) -> dict[str, Any]:
             continue
 
         barcode = drive["pool"][drive["position"]] if drive["position"] < len(drive["pool"]) else None
-        state["jobs"].append({
-            "index": drive["index"],
-            "device": drive["device"],
-            "element": drive["element"],
-            "mount_point": drive["mount_point"],
-            "barcode": barcode,
-            "studies": list(drive["studies"]),
-            "error": None,
-            "write_protected": False,
-            "loaded": False,
-            "mounted": False,
-            "formatted": False,
-            "blank": False,
-            "serial": None,
-        })
+        state["jobs"].append(_new_job(drive, barcode, drive["studies"]))
 
     if state["stop"]:
         # One drive without a cartridge stops the run; the other drives write nothing more.
@@ -255,21 +260,8 @@ def tape_begin_verify(state: dict[str, Any], round_number: int) -> dict[str, Any
         if round_number >= len(drive["written"]):
             continue
         cartridge = drive["written"][round_number]
-        state["jobs"].append({
-            "index": drive["index"],
-            "device": drive["device"],
-            "element": drive["element"],
-            "mount_point": drive["mount_point"],
-            "barcode": cartridge["barcode"],
-            "studies": list(cartridge.get("studies") or []),
-            "error": None,
-            "write_protected": False,
-            "loaded": False,
-            "mounted": False,
-            "formatted": False,
-            "blank": False,
-            "serial": cartridge["volume_serial"],
-        })
+        state["jobs"].append(_new_job(drive, cartridge["barcode"], cartridge.get("studies") or [],
+                                      cartridge["volume_serial"]))
     return state
 
 
