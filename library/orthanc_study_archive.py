@@ -61,7 +61,7 @@ options:
       - Read each container back right after writing it, comparing every instance's size and SHA-256,
         before the copy is recorded as C(written).
       - The copy is C(verified), and its study may leave Orthanc, only after M(archive_volume_verify)
-        has read it back, whatever this option says. On tape, reading back each study makes the
+        has read it back, whatever the value of this option. On tape, reading back each study makes the
         drive stop and seek back after every study, so the C(orthanc_archive) role turns this off
         and relies on its verification pass over the whole cartridge after a remount.
     type: bool

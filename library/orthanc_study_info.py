@@ -211,8 +211,6 @@ oldest:
     by_reception: {description: Oldest studies by LastUpdate., type: list, elements: dict}
 """
 
-import datetime
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible.module_utils.archive_catalog import CATALOG_ARGUMENT_SPEC, CatalogError, open_catalog
@@ -241,11 +239,10 @@ def archived_checker(catalog, server):
 
 
 def restored_checker(catalog, server, days):
-    """Return a function that tells whether a study was restored into server in the last `days` days."""
-    since = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Return a function that reports whether a study was restored into server in the last `days` days."""
 
     def recently_restored(study_id):
-        return catalog.restored_since(server, study_id, since)
+        return catalog.restored_within(server, study_id, days)
 
     return recently_restored
 

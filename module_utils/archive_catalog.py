@@ -164,8 +164,14 @@ class CatalogError(Exception):
     """The catalog could not be opened or updated."""
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+# Timestamps are stored as text in this format, so comparing the text compares the times.
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def utc_now(days_ago: int = 0) -> str:
+    """Return the current UTC time, or the time days_ago days earlier, as the catalog stores it."""
+    moment = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days_ago)
+    return moment.strftime(TIMESTAMP_FORMAT)
 
 
 class Catalog:
@@ -388,10 +394,10 @@ class Catalog:
                  target_server, instances_restored, utc_now()),
             )
 
-    def restored_since(self, target_server: str, orthanc_study_id: str, since: str) -> bool:
-        """Tell whether the study was restored into target_server at or after since (UTC, as utc_now writes it)."""
+    def restored_within(self, target_server: str, orthanc_study_id: str, days: int) -> bool:
+        """Return whether the study was restored into target_server in the last days days."""
         rows = self._rows("SELECT 1 AS found FROM restores WHERE target_server = ? AND orthanc_study_id = ? "
-                          "AND restored_at >= ? LIMIT 1", (target_server, orthanc_study_id, since))
+                          "AND restored_at >= ? LIMIT 1", (target_server, orthanc_study_id, utc_now(days)))
         return bool(rows)
 
     def reclaim_candidates(self, server: str, required_copies: int) -> list[dict[str, Any]]:

@@ -270,9 +270,7 @@ class OrthancClient:
             body = {"Level": "Study", "Query": query, "Expand": True, "Limit": page_size, "Since": since}
             if extra:
                 body.update(extra)
-            page = self.post_json("/tools/find", body)
-            if not isinstance(page, list):
-                raise OrthancError(f"/tools/find on {self.url} returned {type(page).__name__}, expected a list")
+            page = self._find(body)
             for study in page:
                 if isinstance(study, dict) and study.get("ID") not in seen:
                     seen.add(study.get("ID"))
@@ -283,10 +281,15 @@ class OrthancClient:
 
     def find_study_ids(self, query: dict[str, str], limit: int) -> list[str]:
         """Return the IDs of at most limit studies matching a /tools/find query, without their tags."""
-        page = self.post_json("/tools/find", {"Level": "Study", "Query": query, "Limit": limit})
+        page = self._find({"Level": "Study", "Query": query, "Limit": limit})
+        return [item for item in page if isinstance(item, str)]
+
+    def _find(self, body: dict[str, Any]) -> list[Any]:
+        """Send one /tools/find request and return its answer, which must be a list."""
+        page = self.post_json("/tools/find", body)
         if not isinstance(page, list):
             raise OrthancError(f"/tools/find on {self.url} returned {type(page).__name__}, expected a list")
-        return [item for item in page if isinstance(item, str)]
+        return page
 
     def list_studies(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict[str, Any]]:
         """Yield every study, expanded, through /studies?expand&since&limit."""
@@ -342,8 +345,9 @@ class OrthancClient:
 
         Orthanc 1.9.2 and later send /attachments/dicom/data with an ETag "REVISION-MD5" built from
         the attachment's stored UncompressedMD5 (SetAttachmentETag in OrthancRestResources.cpp), so
-        one request returns the file and the checksum to check it against. The MD5 is None when the ETag is absent or carries none (StoreMD5ForAttachments false):
-        the caller then asks instance_attachment_info(). The caller closes the response.
+        one request returns the file and the checksum to check it against. The MD5 is None when the
+        ETag is missing or has none (StoreMD5ForAttachments false), and the caller then calls
+        instance_attachment_info(). The caller closes the response.
         """
         response = self.request("GET", f"/instances/{require_orthanc_id(instance_id, 'instance')}/attachments/dicom/data",
                                 stream=True)

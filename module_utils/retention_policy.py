@@ -166,7 +166,7 @@ def _window_studies(client: OrthancClient, policy: Policy, first: datetime.date 
     """Yield the expanded studies of one window, oldest first, splitting the window while it is crowded."""
     query = {"StudyDate": ("" if first is None else first.strftime("%Y%m%d")) + "-" + last.strftime("%Y%m%d")}
     if first is not None:
-        # Counting costs Orthanc an ID per study; reading a study with its tags costs far more.
+        # Counting returns an ID per study, which costs Orthanc far less than reading a study with its tags.
         matches = len(client.find_study_ids(query, limit=SPLIT_WINDOW_ABOVE + 1))
         if matches == 0:
             return

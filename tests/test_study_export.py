@@ -369,7 +369,8 @@ def test_export_without_stored_md5_fails(orthanc_factory: Callable[..., Any], tm
 
 @pytest.mark.parametrize("read_back", [True, False])
 def test_read_back_option(bench: dict[str, Any], monkeypatch: pytest.MonkeyPatch, read_back: bool) -> None:
-    # Without read_back the copy is recorded as written unread; archive_volume_verify reads it later.
+    # Without read_back the copy is recorded as written without a read-back.
+    # archive_volume_verify reads it later.
     read: list[str] = []
     original = study_export.verify_container
 

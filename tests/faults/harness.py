@@ -150,7 +150,7 @@ class Bench:
 
     def reset_orthanc(self) -> None:
         """Delete every study and upload the data set again, so each fault starts from the same studies."""
-        # A request that the last run's proxy still holds (a delayed DELETE) must not reach the new data set.
+        # A request that the proxy still keeps from the last run (a delayed DELETE) must not reach the new data set.
         self.proxy.wait_idle()
         for study_id in self.session.get(f"{self.orthanc.url}/studies", timeout=30).json():
             self.session.delete(f"{self.orthanc.url}/studies/{study_id}", timeout=30).raise_for_status()

@@ -87,14 +87,15 @@ class FaultProxy:
         self._server.server_close()
 
     def wait_idle(self, timeout: float = 30.0) -> None:
-        """Wait until every request received so far has been answered or dropped.
+        """Wait until the proxy has finished every request received so far, forwarded or dropped.
 
         A delayed request reaches Orthanc after its client has given up. Without this wait, it
         could land in the next run, for example a DELETE of an instance that was just uploaded again.
         """
         with self._idle:
             if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
-                raise RuntimeError(f"the fault proxy still handles {self._in_flight} requests after {timeout} s")
+                raise RuntimeError(f"timed out after {timeout} s waiting for the fault proxy: {self._in_flight} requests "
+                                   "still in progress")
 
     def _enter(self) -> None:
         with self._lock:
