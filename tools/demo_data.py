@@ -34,6 +34,7 @@ import json
 import logging
 import random
 import sys
+import time
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -72,6 +73,7 @@ DEFAULT_STUDIES = 24
 DEFAULT_YEAR_FROM = 1998
 DEFAULT_THREADS = 4
 UPLOAD_TIMEOUT = 300.0
+STORE_RETRIES = 3
 
 # Files in pydicom's test data that are not DICOM at all (JSON, dumps, ICC profiles, archives).
 NOT_DICOM_SUFFIXES = (".json", ".txt", ".dump", ".icc", ".gz", ".py")
@@ -539,7 +541,8 @@ class Uploader:
     def upload(self, data: bytes) -> UploadResult:
         """Send one DICOM file in the calling thread and return Orthanc's result.
 
-        HTTP 4xx/5xx responses become rejected results, and connection errors are raised.
+        An HTTP 5xx answer is sent again up to STORE_RETRIES times. What is still an HTTP
+        error then becomes a rejected result; connection errors are raised.
         """
         url = f"{self.url}/instances"
         try:
@@ -549,6 +552,19 @@ class Uploader:
             # Orthanc 1.10.1 before the request went out (cause not confirmed). Sending the
             # same instance again is safe because Orthanc then reports "AlreadyStored".
             LOG.warning("POST %s failed (%s), sending the instance once more", url, error)
+            response = self._session().post(url, data=data, timeout=self.timeout)
+        for attempt in range(STORE_RETRIES):
+            if response.status_code < 500:
+                break
+            # NOTE: FilesystemStorage in Orthanc 1.10.1 removes an attachment's two parent
+            # folders once they are empty (Remove), and Create checks that the folder exists
+            # before it makes it. A store racing a removal in the same folder then fails with
+            # HTTP 500 "Error while accessing the filesystem"; CI hit this once when a test
+            # uploaded studies that Orthanc already held. A failed store keeps nothing, so
+            # sending the instance again is safe.
+            LOG.warning("POST %s answered HTTP %s (%s), sending the instance again", url,
+                        response.status_code, _error_text(response))
+            time.sleep(0.2 * (attempt + 1))
             response = self._session().post(url, data=data, timeout=self.timeout)
         if response.status_code != 200:
             return UploadResult(response.status_code, "Rejected", len(data), error=_error_text(response))
