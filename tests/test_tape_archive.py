@@ -248,3 +248,31 @@ def test_unclean_unmount_needs_recover(site: ArchiveSite, tapes: TapeLibrary, or
     assert recovered.server(SERVER)["deleted"] == 1
     assert [cartridge["barcode"] for cartridge in recovered.server(SERVER)["cartridges"]] == ["TAPE01L8"]
     assert any(record["argv"][0].endswith("ltfsck") for record in tapes.commands())
+
+
+def test_servers_sharing_drive_take_turns(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any) -> None:
+    """Two servers of one tape host write through the same drive in one run: one after the other."""
+    first, first_ids = orthanc_with(2)
+    second, second_ids = orthanc_with(2)
+    site.settings["orthanc_archive_scratch_barcodes"] = ["TAPE01L8", "TAPE02L8"]
+    site.add_server("pacs-a", first.url)
+    site.add_server("pacs-b", second.url)
+
+    run = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert run.returncode == 0, failed_output(run)
+    for name, handle in (("pacs-a", first), ("pacs-b", second)):
+        entry = run.server(name)
+        assert entry["status"] == "ok", entry
+        assert entry["verified"] == 2
+        assert entry["deleted"] == 2
+        assert study_ids(handle.url) == set()
+    # The second server appended to the cartridge the first one left in the shared pool.
+    verified = [row for row in copies(site) if row["state"] == "verified"]
+    assert {row["server"] for row in verified if row["volume_serial"] == "TAPE01"} == {"pacs-a", "pacs-b"}
+
+    # One cartridge at a time in the drive: every mount follows the unmount of the one before,
+    # and nothing touched the drive while LTFS had it mounted.
+    changes = [event["event"] for event in tapes.events() if event["event"] in ("ltfs_mounted", "ltfs_unmounted")]
+    assert len(changes) >= 4
+    assert changes == ["ltfs_mounted", "ltfs_unmounted"] * (len(changes) // 2)
+    assert tapes.events("drive_touched_while_ltfs_active") == []
