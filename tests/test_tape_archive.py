@@ -276,3 +276,13 @@ def test_servers_sharing_drive_take_turns(site: ArchiveSite, tapes: TapeLibrary,
     assert len(changes) >= 4
     assert changes == ["ltfs_mounted", "ltfs_unmounted"] * (len(changes) // 2)
     assert tapes.events("drive_touched_while_ltfs_active") == []
+
+    # Both servers restore their studies from the same drive in one run.
+    restore = site.run("playbooks/restore.yml", "-e", '{"restore_study_date_from": "20050101", '
+                                                      '"restore_study_date_to": "20051231"}')
+    assert restore.returncode == 0, failed_output(restore)
+    assert study_ids(first.url) == set(first_ids)
+    assert study_ids(second.url) == set(second_ids)
+    changes = [event["event"] for event in tapes.events() if event["event"] in ("ltfs_mounted", "ltfs_unmounted")]
+    assert changes == ["ltfs_mounted", "ltfs_unmounted"] * (len(changes) // 2)
+    assert tapes.events("drive_touched_while_ltfs_active") == []
