@@ -336,10 +336,6 @@ class OrthancClient:
         """Return Uuid, sizes and MD5s of the instance's stored DICOM file (Orthanc 1.10.0+)."""
         return self.get_json(f"/instances/{require_orthanc_id(instance_id, 'instance')}/attachments/dicom/info")
 
-    def open_instance_file(self, instance_id: str) -> "requests.Response":
-        """Open a streaming download of the stored DICOM file; the caller closes the response."""
-        return self.request("GET", f"/instances/{require_orthanc_id(instance_id, 'instance')}/file", stream=True)
-
     def open_instance_attachment(self, instance_id: str) -> tuple["requests.Response", str | None]:
         """Open a streaming download of the stored DICOM file with the MD5 that Orthanc stored for it.
 
