@@ -258,7 +258,16 @@ def test_servers_sharing_drive_take_turns(site: ArchiveSite, tapes: TapeLibrary,
     site.add_server("pacs-a", first.url)
     site.add_server("pacs-b", second.url)
 
+    # Check mode touches no drive, so both servers run in the first turn.
+    check = site.run("archive.yml", "--check", "-e", "archive_reclaim=true")
+    assert check.returncode == 0, failed_output(check)
+    assert [check.server(name)["would_archive"] for name in ("pacs-a", "pacs-b")] == [2, 2]
+    assert "item=turn 1 on localhost" in check.output
+    assert "item=turn 2" not in check.output
+    assert tapes.events("ltfs_mounted") == []
+
     run = site.run("archive.yml", "-e", "archive_reclaim=true")
+    assert "item=turn 2 on localhost" in run.output
     assert run.returncode == 0, failed_output(run)
     for name, handle in (("pacs-a", first), ("pacs-b", second)):
         entry = run.server(name)
