@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -75,8 +77,10 @@ def main(argv: list[str]) -> int:
         elif args.command == "flip-byte":
             lib.flip_byte(args.state, args.barcode, args.path, args.offset)
         elif args.command == "env":
+            # Only what the simulator changes: eval'ing a copy of the whole environment is noisy.
             for key, value in lib.environment_for(args.state.resolve()).items():
-                print(f"export {key}='{value}'")
+                if os.environ.get(key) != value:
+                    print(f"export {key}={shlex.quote(value)}")
     except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"tapesim: {error}\n")
         return 1
