@@ -202,6 +202,16 @@ server:
   description: Version and features of the Orthanc server, read from C(/system).
   returned: always
   type: dict
+cartridge_free_bytes:
+  description:
+    - Free space that the catalog last recorded for each cartridge, by barcode, minus the reserve
+      the writer kept back. A tape run leaves out a scratch cartridge that has less room than the
+      next study, instead of loading it only to find it full.
+    - Empty when the catalog does not exist yet or is not read (O(skip_archived) false and
+      O(keep_restored_days) 0).
+  returned: always
+  type: dict
+  sample: {"TAPE01L8": 7340032}
 oldest:
   description: With O(oldest_count), the oldest studies by StudyDate and by reception.
   returned: when oldest_count > 0
@@ -259,7 +269,7 @@ def main():
                            mutually_exclusive=[("older_than_days", "before_date")])
     params = module.params
     result = {"changed": False, "studies": [], "study_ids": [], "selected_count": 0, "selected_bytes": 0,
-              "skipped": {}}
+              "skipped": {}, "cartridge_free_bytes": {}}
 
     try:
         policy = Policy(params)
@@ -285,6 +295,10 @@ def main():
         selected = selector.select()
         if params["oldest_count"]:
             result["oldest"] = oldest_studies(client, params, params["oldest_count"])
+        if catalog is not None:
+            result["cartridge_free_bytes"] = {
+                volume["barcode"]: int(volume["available_bytes"]) for volume in catalog.volumes()
+                if volume.get("barcode") and volume.get("available_bytes") is not None}
     except (OrthancError, CatalogError) as exc:
         module.fail_json(msg=f"selection on {params['server_name']} failed: {exc}", **result)
     finally:

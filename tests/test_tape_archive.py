@@ -295,3 +295,28 @@ def test_servers_sharing_drive_take_turns(site: ArchiveSite, tapes: TapeLibrary,
     changes = [event["event"] for event in tapes.events() if event["event"] in ("ltfs_mounted", "ltfs_unmounted")]
     assert changes == ["ltfs_mounted", "ltfs_unmounted"] * (len(changes) // 2)
     assert tapes.events("drive_touched_while_ltfs_active") == []
+
+
+def test_cartridge_without_room_not_loaded(site: ArchiveSite, tapes: TapeLibrary, orthanc_with: Any) -> None:
+    """A scratch cartridge that the catalog shows too full for the next study stays in its slot."""
+    handle, ids = orthanc_with(3)
+    site.add_server(SERVER, handle.url)
+    first = site.run("archive.yml")
+    assert first.returncode == 0, failed_output(first)
+    [cartridge] = first.server(SERVER)["cartridges"]
+    assert cartridge["barcode"] == "TAPE01L8"
+
+    # A study of 3.5 MiB: more than TAPE01L8 has left, less than a blank cartridge takes.
+    large = put_study(handle, "ct", study_date="20050901", seed=50, n_instances=7, rows=512, columns=512,
+                      n_series=1)
+    wait_stable(handle, [large])
+    assert cartridge["available_bytes"] < 7 * 512 * 512 * 2
+    mounts_before = len(tapes.events("ltfs_mounted"))
+
+    second = site.run("archive.yml")
+    assert second.returncode == 0, failed_output(second)
+    entry = second.server(SERVER)
+    assert [used["barcode"] for used in entry["cartridges"]] == ["TAPE02L8"]
+    assert entry["verified"] == 1
+    assert "cartridge TAPE01L8 was not loaded" in second.output
+    assert {event["barcode"] for event in tapes.events("ltfs_mounted")[mounts_before:]} == {"TAPE02L8"}

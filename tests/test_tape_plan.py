@@ -60,6 +60,36 @@ def test_pool_used_up_stops() -> None:
     assert state["volume_full"]
 
 
+def test_cartridge_without_room_not_loaded() -> None:
+    studies = [{"orthanc_id": "a", "uncompressed_bytes": 500}, {"orthanc_id": "b", "uncompressed_bytes": 10}]
+    free = {"T1L8": 499, "T2L8": 500}
+    state = tape.tape_begin_pass(tape.tape_start(["a", "b"], DRIVES[:1], ["T1L8", "T2L8", "T3L8"], True, "/m",
+                                                 studies=studies, free_bytes=free))
+    assert [job["barcode"] for job in state["jobs"]] == ["T2L8"]
+    assert state["jobs"][0]["studies"] == ["a", "b"]
+    assert len(state["skipped"]) == 1
+    assert "cartridge T1L8 was not loaded" in state["skipped"][0]
+    assert "499 bytes free" in state["skipped"][0]
+    assert "500 bytes" in state["skipped"][0]
+
+
+def test_unknown_free_space_loads() -> None:
+    studies = [{"orthanc_id": "a", "uncompressed_bytes": 500}]
+    state = tape.tape_begin_pass(tape.tape_start(["a"], DRIVES[:1], ["T1L8"], True, "/m", studies=studies,
+                                                 free_bytes={"OTHERL8": 1}))
+    assert [job["barcode"] for job in state["jobs"]] == ["T1L8"]
+    assert state["skipped"] == []
+
+
+def test_no_cartridge_with_room_stops() -> None:
+    studies = [{"orthanc_id": "a", "uncompressed_bytes": 500}]
+    state = tape.tape_begin_pass(tape.tape_start(["a"], DRIVES[:1], ["T1L8"], True, "/m", studies=studies,
+                                                 free_bytes={"T1L8": 100}))
+    assert state["jobs"] == []
+    assert "needs another scratch cartridge" in state["stop"]
+    assert "cartridge T1L8 was not loaded" in state["skipped"][0]
+
+
 def test_no_changer_asks_for_cartridge() -> None:
     state = tape.tape_start(["a"], DRIVES[:1], [], False, "/m")
     assert tape.tape_begin_pass(state)["jobs"][0]["barcode"] is None

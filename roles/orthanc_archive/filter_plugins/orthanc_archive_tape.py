@@ -33,8 +33,13 @@ def _mount_point(base: str, drive: dict[str, Any]) -> str:
 
 
 def tape_start(study_ids: list[str], drives: list[dict[str, Any]], barcodes: list[str], has_changer: bool,
-               mount_base: str) -> dict[str, Any]:
-    """Build the first state: the studies and the scratch barcodes dealt out round-robin over the drives."""
+               mount_base: str, studies: list[dict[str, Any]] | None = None,
+               free_bytes: dict[str, int] | None = None) -> dict[str, Any]:
+    """Build the first state: the studies and the scratch barcodes dealt out round-robin over the drives.
+
+    studies (orthanc_study_info's entries, with uncompressed_bytes) and free_bytes (its
+    cartridge_free_bytes) let a pass leave out a cartridge that has less room than the next study.
+    """
     count = len(drives)
     state_drives = []
     for index, drive in enumerate(drives):
@@ -64,7 +69,27 @@ def tape_start(study_ids: list[str], drives: list[dict[str, Any]], barcodes: lis
         "failures": [],
         "stop": None,
         "volume_full": False,
+        "study_bytes": {entry["orthanc_id"]: int(entry["uncompressed_bytes"]) for entry in studies or []
+                        if entry.get("uncompressed_bytes") is not None},
+        "free_bytes": {str(barcode): int(free) for barcode, free in (free_bytes or {}).items()},
     }
+
+
+def _skip_cartridges_without_room(state: dict[str, Any], drive: dict[str, Any]) -> None:
+    """Move the drive past pool cartridges that the catalog shows have less room than its next study.
+
+    A study's container is larger than its uncompressed size, so such a cartridge cannot take it,
+    and loading it would only cost a load, a mount and an unload.
+    """
+    size = state.get("study_bytes", {}).get(drive["studies"][0])
+    while size is not None and drive["position"] < len(drive["pool"]):
+        barcode = drive["pool"][drive["position"]]
+        free = state.get("free_bytes", {}).get(barcode)
+        if free is None or free >= size:
+            return
+        state["skipped"].append(f"cartridge {barcode} was not loaded: the catalog records {free} bytes free on it, "
+                                f"less than the next study of drive {drive['element']} ({size} bytes)")
+        drive["position"] += 1
 
 
 def _needed_message(drive: dict[str, Any], has_changer: bool) -> str:
@@ -112,6 +137,8 @@ def tape_begin_pass(state: dict[str, Any]) -> dict[str, Any]:
     for drive in state["drives"]:
         if not drive["studies"]:
             continue
+        if has_changer:
+            _skip_cartridges_without_room(state, drive)
         if has_changer and drive["position"] >= len(drive["pool"]):
             state["stop"] = _needed_message(drive, True)
             state["volume_full"] = True
