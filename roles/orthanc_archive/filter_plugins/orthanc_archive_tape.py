@@ -88,7 +88,8 @@ def _skip_cartridges_without_room(state: dict[str, Any], drive: dict[str, Any]) 
         if free is None or free >= size:
             return
         state["skipped"].append(f"cartridge {barcode} was not loaded: the catalog records {free} bytes free on it, "
-                                f"less than the next study of drive {drive['element']} ({size} bytes)")
+                                f"less than the next study of drive {drive['element']} ({size} bytes). If it was "
+                                "erased since, run once with orthanc_archive_tape_skip_without_room=false")
         drive["position"] += 1
 
 
