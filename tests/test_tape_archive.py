@@ -322,9 +322,9 @@ def test_cartridge_without_room_not_loaded(site: ArchiveSite, tapes: TapeLibrary
     assert {event["barcode"] for event in tapes.events("ltfs_mounted")[mounts_before:]} == {"TAPE02L8"}
 
     # With the skip off, the run loads TAPE01L8 again, as after the cartridge was erased.
-    another = put_study(handle, "ct", study_date="20051001", seed=51, n_instances=7, rows=512, columns=512,
-                        n_series=1)
-    wait_stable(handle, [another])
+    second_large = put_study(handle, "ct", study_date="20051001", seed=51, n_instances=7, rows=512,
+                             columns=512, n_series=1)
+    wait_stable(handle, [second_large])
     site.settings["orthanc_archive_tape_skip_without_room"] = False
     third = site.run("archive.yml")
     assert third.returncode == 0, failed_output(third)

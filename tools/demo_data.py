@@ -541,8 +541,8 @@ class Uploader:
     def upload(self, data: bytes) -> UploadResult:
         """Send one DICOM file in the calling thread and return Orthanc's result.
 
-        An HTTP 5xx answer is sent again up to STORE_RETRIES times. What is still an HTTP
-        error then becomes a rejected result; connection errors are raised.
+        After an HTTP 5xx response the instance is sent again, up to STORE_RETRIES times. An HTTP
+        error that remains becomes a rejected result. Connection errors are raised.
         """
         url = f"{self.url}/instances"
         try:

@@ -77,7 +77,8 @@ def main(argv: list[str]) -> int:
         elif args.command == "flip-byte":
             lib.flip_byte(args.state, args.barcode, args.path, args.offset)
         elif args.command == "env":
-            # Only what the simulator changes: eval'ing a copy of the whole environment is noisy.
+            # Print only the variables the simulator changes, so that eval does not export the
+            # whole environment again.
             for key, value in lib.environment_for(args.state.resolve()).items():
                 if os.environ.get(key) != value:
                     print(f"export {key}={shlex.quote(value)}")

@@ -15,6 +15,9 @@ The state is a dict:
            restore, written lists the cartridges to restore from.
   jobs     the cartridges of the current pass, one per busy drive, with the outcome of each step
   cartridges, skipped, counters, failures, stop, volume_full, and restores in a restore
+  study_bytes and free_bytes
+           each study's uncompressed size and each barcode's free space as the catalog recorded
+           it, which decide whether a cartridge is worth loading
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def tape_start(study_ids: list[str], drives: list[dict[str, Any]], barcodes: lis
                free_bytes: dict[str, int] | None = None) -> dict[str, Any]:
     """Build the first state: the studies and the scratch barcodes dealt out round-robin over the drives.
 
-    studies (orthanc_study_info's entries, with uncompressed_bytes) and free_bytes (its
-    cartridge_free_bytes) let a pass leave out a cartridge that has less room than the next study.
+    With studies (orthanc_study_info's entries) and free_bytes (its cartridge_free_bytes), a pass
+    leaves out a cartridge that has less room than the drive's next study.
     """
     count = len(drives)
     state_drives = []
@@ -81,10 +84,10 @@ def _skip_cartridges_without_room(state: dict[str, Any], drive: dict[str, Any]) 
     A study's container is larger than its uncompressed size, so such a cartridge cannot take it,
     and loading it would only cost a load, a mount and an unload.
     """
-    size = state.get("study_bytes", {}).get(drive["studies"][0])
+    size = state["study_bytes"].get(drive["studies"][0])
     while size is not None and drive["position"] < len(drive["pool"]):
         barcode = drive["pool"][drive["position"]]
-        free = state.get("free_bytes", {}).get(barcode)
+        free = state["free_bytes"].get(barcode)
         if free is None or free >= size:
             return
         state["skipped"].append(f"cartridge {barcode} was not loaded: the catalog records {free} bytes free on it, "
